@@ -1,0 +1,174 @@
+"""KServe v2 datatypes and their numpy / torch / Triton-config equivalents.
+
+Arrays carry raw storage: BF16 travels as ``np.uint16`` (numpy has no
+bfloat16) and is reinterpreted as ``torch.bfloat16`` only at the model
+boundary; BYTES travels as a 1-D-or-more ``np.object_`` array of ``bytes``.
+The model spec, not the array, says which v2 datatype a tensor is.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+
+import numpy as np
+import torch
+
+# Request tensors are zero-copy views of the received protobuf bytes, which are
+# read-only. Models run under torch.inference_mode and must not write to their
+# inputs; torch's warning about wrapping read-only memory is expected here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+#: v2 datatype name -> numpy storage dtype.
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "BF16": np.dtype(np.uint16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+
+#: Little-endian wire dtypes (the protocol is little-endian regardless of host).
+WIRE_DTYPES: dict[str, np.dtype] = {
+    name: (dt.newbyteorder("<") if dt.kind not in "bO" and dt.itemsize > 1 else dt)
+    for name, dt in NUMPY_DTYPES.items()
+}
+
+#: v2 datatype name -> torch dtype (BYTES has none: only python-platform models take it).
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "UINT8": torch.uint8,
+    "UINT16": torch.uint16,
+    "UINT32": torch.uint32,
+    "UINT64": torch.uint64,
+    "INT8": torch.int8,
+    "INT16": torch.int16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "FP16": torch.float16,
+    "BF16": torch.bfloat16,
+    "FP32": torch.float32,
+    "FP64": torch.float64,
+}
+
+#: Byte size of one element, for every fixed-size datatype.
+ELEMENT_SIZES: dict[str, int] = {
+    name: dt.itemsize for name, dt in NUMPY_DTYPES.items() if name != "BYTES"
+}
+
+#: Triton config ``DataType`` enum names (``TYPE_FP32``) -> v2 names (``FP32``).
+CONFIG_TO_V2: dict[str, str] = {
+    **{f"TYPE_{name}": name for name in NUMPY_DTYPES if name != "BYTES"},
+    "TYPE_STRING": "BYTES",
+}
+V2_TO_CONFIG: dict[str, str] = {v: k for k, v in CONFIG_TO_V2.items()}
+
+_NUMPY_TO_V2: dict[np.dtype, str] = {
+    dt: name for name, dt in NUMPY_DTYPES.items() if name not in ("BF16", "BYTES")
+}
+_TORCH_TO_V2: dict[torch.dtype, str] = {dt: name for name, dt in TORCH_DTYPES.items()}
+_LENGTH = struct.Struct("<I")
+
+
+def is_known(datatype: str) -> bool:
+    """True for the 14 v2 datatype names."""
+    return datatype in NUMPY_DTYPES
+
+
+def v2_of_numpy(dtype: np.dtype) -> str:
+    """The v2 datatype of a numpy dtype (``uint16`` maps to UINT16, never BF16)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return "BYTES"
+    try:
+        return _NUMPY_TO_V2[dtype.newbyteorder("=")]
+    except KeyError:
+        raise ValueError(f"numpy dtype {dtype} has no KServe v2 datatype") from None
+
+
+def v2_of_torch(dtype: torch.dtype) -> str:
+    """The v2 datatype of a torch dtype."""
+    try:
+        return _TORCH_TO_V2[dtype]
+    except KeyError:
+        raise ValueError(f"torch dtype {dtype} has no KServe v2 datatype") from None
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """Encode a BYTES tensor: each element as 4-byte LE length + bytes, row-major."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(buffer: bytes | memoryview, count: int) -> np.ndarray:
+    """Decode ``count`` length-prefixed elements; raises ValueError on a malformed buffer."""
+    view = memoryview(buffer)
+    out = np.empty(count, dtype=np.object_)
+    offset = 0
+    for index in range(count):
+        if offset + 4 > len(view):
+            raise ValueError(
+                f"BYTES buffer ends after {index} of {count} elements "
+                f"(no room for element {index}'s 4-byte length prefix at offset {offset})"
+            )
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise ValueError(
+                f"BYTES element {index} declares {length} bytes at offset {offset} "
+                f"but only {len(view) - offset} remain"
+            )
+        out[index] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != len(view):
+        raise ValueError(
+            f"BYTES buffer holds {len(view) - offset} trailing bytes after {count} elements"
+        )
+    return out
+
+
+def to_torch(array: np.ndarray, datatype: str) -> torch.Tensor | np.ndarray:
+    """Wrap a numpy array as a tensor without copying (BYTES stays numpy)."""
+    if datatype == "BYTES":
+        return array
+    tensor = torch.from_numpy(array)
+    if datatype == "BF16":
+        return tensor.view(torch.bfloat16)
+    return tensor
+
+
+def to_numpy(value: torch.Tensor | np.ndarray, datatype: str) -> np.ndarray:
+    """A CPU numpy view of a model output in the storage dtype of ``datatype``.
+
+    Casts when the model produced another dtype than the config declares (for
+    example float64 for an FP32 output), so the response always matches the spec.
+    """
+    if isinstance(value, np.ndarray):
+        if datatype == "BYTES":
+            return value
+        wanted = NUMPY_DTYPES[datatype]
+        return value if value.dtype == wanted else value.astype(wanted)
+    tensor = value.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    if datatype == "BF16":
+        if tensor.dtype != torch.bfloat16:
+            tensor = tensor.to(torch.bfloat16)
+        return tensor.view(torch.uint16).numpy()
+    wanted_torch = TORCH_DTYPES[datatype]
+    if tensor.dtype != wanted_torch:
+        tensor = tensor.to(wanted_torch)
+    return tensor.numpy()

@@ -1,0 +1,63 @@
+"""Requests and results as the data plane and the batcher see them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class RequestTimings:
+    """Where a request's time went, in nanoseconds (``time.perf_counter_ns`` clock).
+
+    Filled by the batcher; read by statistics, metrics and tracing. Batch-level
+    phases (compute input / infer / output) are the batch's, shared by every
+    request in it, as in Triton's statistics.
+    """
+
+    received_ns: int = 0
+    queue_ns: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+    #: Items (sum of batch dimensions) in the batch this request ran in.
+    batch_size: int = 0
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """A decoded, validated inference request for one model version.
+
+    ``inputs`` hold full shapes, batch dimension first when the model batches,
+    as numpy arrays in storage dtypes (see :mod:`batchwire.core.datatypes`).
+    """
+
+    inputs: dict[str, np.ndarray]
+    #: Outputs to return, in the order to return them; empty means all, in config order.
+    requested_outputs: tuple[str, ...] = ()
+    id: str = ""
+    #: Priority level (1 highest); 0 means the model's default level.
+    priority: int = 0
+    #: Queue timeout override in microseconds (honoured only where the policy allows it).
+    timeout_us: int | None = None
+    #: Caller's deadline on the ``time.monotonic()`` clock; None means none.
+    deadline: float | None = None
+    #: Opaque tracing context of the request's span (set by the front end when tracing).
+    trace_context: object | None = None
+    timings: RequestTimings = field(default_factory=RequestTimings)
+
+    @property
+    def batch_size(self) -> int:
+        """Items this request contributes to a batch (its leading dimension)."""
+        for array in self.inputs.values():
+            return int(array.shape[0]) if array.ndim else 1
+        return 1
+
+
+@dataclass(slots=True)
+class InferenceResult:
+    """The outputs of one request: name -> numpy array (storage dtype), in response order."""
+
+    outputs: dict[str, np.ndarray]
+    timings: RequestTimings
