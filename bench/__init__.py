@@ -1,1 +1,1 @@
-"""TODO"""
+"""Benchmarks that measure the served models against same-run references."""

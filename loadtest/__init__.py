@@ -1,1 +1,1 @@
-"""TODO"""
+"""Locust load tests with latency targets (service-level objectives)."""

@@ -1,0 +1,542 @@
+"""ModelBatcher: the queue, the dispatch policy and the instances of one model version.
+
+Flow: :meth:`ModelBatcher.submit` queues a request (one :class:`Entry` and one future per
+request, nothing else) and awaits its future. A *scheduling pass* (``_schedule``) forms
+batches from the queue head and hands each to an idle instance's worker thread; the
+worker runs it and posts the finished job back to the loop, which resolves the futures
+and runs the next pass. There is no scheduler task and nothing polls: a pass runs
+
+- once per loop iteration in which requests arrived while an instance was idle (or a
+  full batch could be staged) -- ``loop.call_soon``, coalesced, so requests arriving in
+  one iteration are seen together;
+- when a batch completes (an instance frees);
+- when the one timer fires: the earliest of the batch-window end chosen by
+  :mod:`batchwire.batching.policy` and the next queue timeout or deadline.
+
+Pipelining: besides the batch it is running, an instance may hold one *staged* batch, but
+only a complete one (max_batch_size reached, or the next request does not fit): its
+worker starts it the moment the current batch ends, without a round trip through the
+loop, while the loop keeps accepting and queueing. Batches that could still grow are
+only formed when an instance is idle, so waiting requests accumulate into full batches
+while every instance is busy.
+
+Scheduler selection (Triton's): ``max_batch_size == 0`` (the model does not batch) or
+``batching is None`` (no dynamic batching): each request runs alone, in arrival order,
+on the next idle instance, as given (batch dimension kept when ``max_batch_size > 0``).
+
+preserve_ordering: results are held back until every earlier-submitted request has been
+answered, so responses complete in submission order across instances.
+
+Concurrency rules:
+
+- Loop thread: ``submit``, ``stop``, scheduling passes, timers, job completion, all
+  queue/policy/counter state, futures and observer calls. Nothing here is locked
+  because only the loop thread touches it.
+- Worker threads (one per instance): everything a batch does (see
+  :mod:`batchwire.batching.executor`). A worker receives a :class:`Job` (entries it
+  reads, results/records it writes) and posts it back with
+  ``loop.call_soon_threadsafe``; it never touches the queue, counters or futures.
+- Shared: the Model (runners are per instance), the immutable spec and assembler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import torch
+
+from batchwire.batching.assembly import Assembler
+from batchwire.batching.devices import resolve_devices
+from batchwire.batching.executor import Executor, Instance, Job
+from batchwire.batching.policy import DispatchPolicy
+from batchwire.batching.queue import DONE, QUEUED, TAKEN, Entry, RequestQueue
+from batchwire.core.errors import CancelledError as RequestCancelledError
+from batchwire.core.errors import (
+    InferenceError,
+    ModelExecutionError,
+    ModelLoadError,
+    ModelNotReadyError,
+    ServerShuttingDownError,
+)
+from batchwire.core.model import Model
+from batchwire.core.observer import BatchObserver, NullObserver
+from batchwire.core.types import InferenceRequest, InferenceResult
+
+__all__ = ["ModelBatcher"]
+
+logger = logging.getLogger(__name__)
+
+_monotonic = time.monotonic
+_perf_ns = time.perf_counter_ns
+_INF = float("inf")
+
+
+class ModelBatcher:
+    """Queues, batches and runs the requests of one model version on its instances."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        observer: BatchObserver | None = None,
+        devices: Sequence[torch.device] | None = None,
+    ) -> None:
+        spec = model.spec
+        self._model = model
+        self._spec = spec
+        self._where = f"model '{spec.name}' version '{spec.version}'"
+        if devices is None:
+            self._devices = resolve_devices(spec)
+        else:
+            self._devices = [torch.device(d) for d in devices]
+            if not self._devices:
+                raise ValueError(f"{self._where}: devices must name at least one device")
+        batching = spec.batching
+        self._batched = spec.max_batch_size > 0
+        self._solo = batching is None
+        self._max_items = spec.max_batch_size if self._batched else 1
+        if observer is None or isinstance(observer, NullObserver):
+            self._observer: BatchObserver | None = None
+        else:
+            self._observer = observer
+        self._assembler = Assembler(spec)
+        self._fixed_key = self._solo or self._assembler.fixed_key
+        self._queue = RequestQueue(
+            spec,
+            max_items=self._max_items,
+            solo=self._solo,
+            on_depth=self._queue_changed if self._observer is not None else None,
+        )
+        delay = batching.max_queue_delay_us * 1e-6 if batching is not None else 0.0
+        self._policy = DispatchPolicy(delay, batching.adaptive_delay if batching else False)
+        self._preserve = bool(batching and batching.preserve_ordering)
+        self._pipelined = not self._solo and self._max_items > 1
+        self._executor = Executor(spec, self._assembler, record=self._observer is not None)
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._instances: list[Instance] = []
+        self._idle = 0  # instances with nothing to run
+        self._jobs = 0  # batches handed to workers and not yet back
+        self._running: set[Job] = set()
+        self._in_flight = 0  # requests submitted and not yet answered
+        self._seq = 0
+        self._order: deque[Entry] = deque()  # preserve_ordering: answers not yet released
+        self._kick: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _INF
+        self._started = False
+        self._accepting = False
+        self._stopping = False
+        self._closed = False
+        self._drained: asyncio.Event | None = None
+        self._stop_done: asyncio.Future | None = None
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """One device per instance, in instance order."""
+        return list(self._devices)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests queued (not yet in a batch), all priority levels."""
+        return self._queue.depth
+
+    async def start(self) -> None:
+        """Create every instance (in its worker thread), warm it up, start accepting.
+
+        Raises ModelLoadError when creating a runner or a warmup fails.
+        """
+        if self._started:
+            return
+        if self._stop_done is not None:
+            raise ModelLoadError(f"{self._where}: cannot start a batcher that was stopped")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        instances: list[Instance] = []
+        try:
+            for index, device in enumerate(self._devices):
+                instance = Instance(index, device, self._spec.name)
+                instances.append(instance)
+                await loop.run_in_executor(
+                    instance.pool, self._executor.load, self._model, instance
+                )
+        except BaseException as exc:
+            for instance in instances:
+                instance.pool.shutdown(wait=False, cancel_futures=True)
+            if isinstance(exc, ModelLoadError) or not isinstance(exc, Exception):
+                raise
+            raise ModelLoadError(
+                f"{self._where}: loading failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._instances = instances
+        self._idle = len(instances)
+        self._started = True
+        self._accepting = True
+        logger.info(
+            "%s: %d instance(s) ready on %s",
+            self._where,
+            len(instances),
+            ", ".join(str(d) for d in self._devices),
+        )
+
+    async def submit(self, request: InferenceRequest) -> InferenceResult:
+        """Queue a validated request and wait for its result (raises InferenceError)."""
+        if not self._accepting:
+            if self._stopping:
+                error: InferenceError = ServerShuttingDownError(
+                    f"{self._where} is shutting down and accepts no new requests"
+                )
+            else:
+                error = ModelNotReadyError(f"{self._where} is not ready (not started)")
+            self._request_finished(request, error)
+            raise error
+        request.timings.received_ns = _perf_ns()
+        now = _monotonic()
+        queue = self._queue
+        try:
+            level = queue.level_for(request.priority)
+            key = None if self._fixed_key else self._assembler.shape_key(request.inputs)
+            self._seq += 1
+            entry = Entry(
+                request,
+                self._loop.create_future(),  # type: ignore[union-attr]
+                request.batch_size if self._batched else 1,
+                key,
+                level,
+                self._seq,
+                now,
+            )
+            queue.push(entry, now)
+        except InferenceError as error:
+            self._request_finished(request, error)
+            raise
+        self._in_flight += 1
+        self._policy.on_arrival(now)
+        if self._preserve:
+            self._order.append(entry)
+        if entry.expires is not None or entry.deadline is not None:
+            expiry = entry.deadline if entry.expires is None else entry.expires
+            if entry.deadline is not None and entry.deadline < expiry:
+                expiry = entry.deadline
+            self._arm(expiry)
+        if (
+            self._idle or (self._pipelined and queue.items >= self._max_items)
+        ) and self._kick is None:
+            self._kick = self._loop.call_soon(self._schedule)  # type: ignore[union-attr]
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            self._withdraw(entry)
+            raise
+
+    async def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop accepting; finish (drain) or fail queued work; close the instances.
+
+        Idempotent: a second call waits for the first to finish. Work still unanswered
+        after ``timeout`` seconds fails with ServerShuttingDownError.
+        """
+        if self._stop_done is not None:
+            await asyncio.shield(self._stop_done)
+            return
+        self._stop_done = asyncio.get_running_loop().create_future()
+        try:
+            await self._shutdown(drain, timeout)
+        finally:
+            self._stop_done.set_result(None)
+
+    # -- scheduling (loop thread) --------------------------------------------------
+
+    def _schedule(self, at: float = 0.0) -> None:
+        """One scheduling pass: expire, then dispatch while an instance can take a batch."""
+        if self._kick is not None:
+            self._kick.cancel()
+            self._kick = None
+        if self._closed:
+            return
+        queue = self._queue
+        now = _monotonic()
+        if now < at:  # a timer may fire a little early (uvloop rounds to milliseconds)
+            now = at
+        if queue.expiring:
+            self._expire(now)
+        hold = None
+        while queue.depth:
+            instance = self._free_instance()
+            staging = instance is None
+            if staging:
+                if not self._pipelined:
+                    break
+                instance = self._stageable_instance()
+                if instance is None:
+                    break
+            plan = queue.plan()
+            if plan is None:
+                break
+            count = len(plan.entries)
+            if not plan.complete:
+                if staging:
+                    break
+                if plan.cut:
+                    count = plan.cut
+                elif not self._stopping:
+                    hold = self._policy.hold_until(
+                        now, plan.oldest, count, self._in_flight, queue.depth
+                    )
+                    if hold is not None:
+                        break
+            self._dispatch(instance, queue.take(plan, count))
+        wake = queue.next_expiry() if queue.expiring else None
+        if hold is not None and (wake is None or hold < wake):
+            wake = hold
+        if wake is not None:
+            self._arm(wake)
+
+    def _free_instance(self) -> Instance | None:
+        if not self._idle:
+            return None
+        for instance in self._instances:
+            if not instance.busy:
+                return instance
+        return None
+
+    def _stageable_instance(self) -> Instance | None:
+        for instance in self._instances:
+            if instance.busy == 1:
+                return instance
+        return None
+
+    def _expire(self, now: float) -> None:
+        failed = self._queue.expire(now)
+        if not failed:
+            return
+        now_ns = _perf_ns()
+        for entry, error in failed:
+            timings = entry.request.timings
+            timings.queue_ns = now_ns - timings.received_ns
+            self._resolve(entry, error)
+        if self._preserve:
+            self._release()
+
+    def _arm(self, when: float) -> None:
+        """Make sure a pass runs at ``when`` (monotonic seconds); one timer at a time."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= when:
+                return
+            timer.cancel()
+        self._timer_at = when
+        delay = when - _monotonic()
+        self._timer = self._loop.call_later(  # type: ignore[union-attr]
+            delay if delay > 0.0 else 0.0, self._on_timer, when
+        )
+
+    def _on_timer(self, when: float) -> None:
+        self._timer = None
+        self._timer_at = _INF
+        self._schedule(when)
+
+    def _dispatch(self, instance: Instance, entries: list[Entry]) -> None:
+        if not instance.busy:
+            self._idle -= 1
+        instance.busy += 1
+        self._jobs += 1
+        job = Job(instance, entries)
+        self._running.add(job)
+        instance.pool.submit(self._work, job)
+
+    def _work(self, job: Job) -> None:
+        """Worker thread: run the job, then post it back to the loop."""
+        try:
+            self._executor.run_job(job)
+        except BaseException as exc:  # a bug, not a model error (those are caught inside)
+            job.crash = exc
+        # RuntimeError: the loop is closed, nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._job_done, job)  # type: ignore[union-attr]
+
+    def _job_done(self, job: Job) -> None:
+        """Loop thread: a batch came back; answer its requests, then schedule again."""
+        self._running.discard(job)
+        instance = job.instance
+        instance.busy -= 1
+        if not instance.busy:
+            self._idle += 1
+        self._jobs -= 1
+        results = job.results
+        if job.crash is not None:
+            logger.error("%s: internal error running a batch", self._where, exc_info=job.crash)
+            answered = {id(entry) for entry, _ in results}
+            message = f"{self._where} failed: internal error: {job.crash!r}"
+            results.extend(
+                (entry, ModelExecutionError(message))
+                for entry in job.entries
+                if id(entry) not in answered and not entry.future.done()
+            )
+        if self._preserve:
+            for entry, outcome in results:
+                if entry.state != DONE:
+                    entry.outcome = outcome
+            self._release()
+        else:
+            for entry, outcome in results:
+                self._deliver(entry, outcome)
+        if results:
+            self._policy.on_answered(_monotonic(), len(results))
+        observer = self._observer
+        if observer is not None:
+            for record in job.records:
+                self._notify(observer.batch_executed, record)
+        self._schedule()
+        self._check_drained()
+
+    # -- answering (loop thread) ---------------------------------------------------
+
+    def _resolve(self, entry: Entry, outcome: InferenceResult | InferenceError) -> None:
+        if self._preserve:
+            if entry.state != DONE:
+                entry.outcome = outcome
+        else:
+            self._deliver(entry, outcome)
+
+    def _release(self) -> None:
+        """preserve_ordering: deliver answers from the oldest request on, while ready."""
+        order = self._order
+        while order:
+            entry = order[0]
+            if entry.state != DONE:
+                outcome = entry.outcome
+                if outcome is None and not entry.future.done():
+                    return
+                self._deliver(entry, outcome)  # type: ignore[arg-type]
+            order.popleft()
+
+    def _deliver(self, entry: Entry, outcome: InferenceResult | InferenceError | None) -> None:
+        if entry.state == DONE:
+            return
+        future = entry.future
+        error: InferenceError | None
+        if future.done():  # cancelled by the caller: drop the result
+            error = RequestCancelledError("request cancelled by the client")
+        elif type(outcome) is InferenceResult:
+            future.set_result(outcome)
+            error = None
+        else:
+            future.set_exception(outcome)  # type: ignore[arg-type]
+            error = outcome  # type: ignore[assignment]
+        self._finish(entry, error)
+
+    def _finish(self, entry: Entry, error: InferenceError | None) -> None:
+        entry.state = DONE
+        entry.outcome = None
+        self._in_flight -= 1
+        self._request_finished(entry.request, error)
+        if self._drained is not None:
+            self._check_drained()
+
+    def _withdraw(self, entry: Entry) -> None:
+        """The submitting task was cancelled: take the request out, never run it."""
+        if entry.state == DONE:
+            return
+        if entry.state == QUEUED:
+            self._queue.remove(entry)
+        self._finish(entry, RequestCancelledError("request cancelled by the client"))
+        if self._preserve:
+            self._release()
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and not self._in_flight and not self._jobs:
+            self._drained.set()
+
+    # -- observer ------------------------------------------------------------------
+
+    def _notify(self, method, *args) -> None:  # type: ignore[no-untyped-def]
+        try:
+            method(*args)
+        except Exception:
+            logger.exception("%s: observer %s raised; ignored", self._where, method.__qualname__)
+
+    def _request_finished(self, request: InferenceRequest, error: InferenceError | None) -> None:
+        observer = self._observer
+        if observer is not None:
+            self._notify(observer.request_finished, request, error)
+
+    def _queue_changed(self, level: int, depth: int) -> None:
+        observer = self._observer
+        if observer is not None:
+            self._notify(observer.queue_changed, self._spec.name, self._spec.version, level, depth)
+
+    # -- shutdown ------------------------------------------------------------------
+
+    async def _shutdown(self, drain: bool, timeout: float) -> None:
+        self._accepting = False
+        self._stopping = True
+        if not self._started:
+            self._closed = True
+            return
+        if not drain:
+            for entry in self._queue.drain():
+                self._resolve(
+                    entry,
+                    ServerShuttingDownError(
+                        f"{self._where} is shutting down; the queued request was not run"
+                    ),
+                )
+            if self._preserve:
+                self._release()
+        timed_out = False
+        if self._in_flight or self._jobs:
+            self._drained = asyncio.Event()
+            self._schedule()  # dispatch what is queued now: no more waiting for fuller batches
+            self._check_drained()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except asyncio.TimeoutError:
+                timed_out = True
+                self._abandon(timeout)
+        self._closed = True
+        if self._kick is not None:
+            self._kick.cancel()
+            self._kick = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        loop = asyncio.get_running_loop()
+        for instance in self._instances:
+            close = getattr(instance.runner, "close", None)
+            if callable(close) and not timed_out:
+                try:
+                    await loop.run_in_executor(instance.pool, close)
+                except Exception:
+                    logger.exception("%s: closing instance %d failed", self._where, instance.index)
+            instance.pool.shutdown(wait=not timed_out, cancel_futures=True)
+            instance.runner = None
+            instance.pinned.clear()
+        logger.info("%s: stopped", self._where)
+
+    def _abandon(self, timeout: float) -> None:
+        """Shutdown timed out: fail everything still unanswered, in any order."""
+        logger.warning(
+            "%s: shutdown timed out after %s s with %d request(s) unanswered; failing them",
+            self._where,
+            timeout,
+            self._in_flight,
+        )
+        message = (
+            f"{self._where} is shutting down and did not finish the request within {timeout} s"
+        )
+        held = [entry for entry in self._order if entry.outcome is not None]
+        self._order.clear()
+        for entry in held:  # preserve_ordering: answers that were ready go out as they are
+            self._deliver(entry, entry.outcome)  # type: ignore[arg-type]
+        leftovers = self._queue.drain()
+        for job in self._running:
+            leftovers.extend(entry for entry in job.entries if entry.state == TAKEN)
+        for entry in leftovers:
+            self._deliver(entry, ServerShuttingDownError(message))

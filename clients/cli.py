@@ -1,0 +1,250 @@
+"""``batchwire infer``: send one inference request from the command line.
+
+``register(app)`` adds the command to the main ``batchwire`` typer app;
+``python -m batchwire.clients.cli infer ...`` runs it standalone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import numpy as np
+import typer
+
+from batchwire.clients._calls import InferResult
+from batchwire.clients.client import InferenceClient
+from batchwire.clients.errors import InferenceServerError
+from batchwire.clients.tensors import bf16_to_float32, float_to_bf16
+from batchwire.core.datatypes import NUMPY_DTYPES
+from batchwire.protos import grpc_service_pb2 as pb
+
+__all__ = ["build_app", "main", "random_inputs", "random_tensor", "register"]
+
+#: Size given to variable (-1) dimensions other than the batch dimension.
+VARIABLE_DIM_SIZE = 8
+#: Random integer inputs are drawn from [INT_LOW, INT_HIGH): valid token ids, indices...
+INT_LOW, INT_HIGH = 1, 100
+
+
+def random_tensor(datatype: str, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """A random array of ``datatype`` (v2 name) and concrete ``shape``.
+
+    Floats are standard normal, integers uniform in [1, 100), BOOL fair coin
+    flips, BYTES short lowercase ASCII strings; BF16 as ``uint16`` bit patterns.
+    """
+    shape = tuple(int(dim) for dim in shape)
+    if datatype == "BYTES":
+        flat = np.empty(math.prod(shape), dtype=np.object_)
+        for index in range(flat.size):
+            length = int(rng.integers(1, 9))
+            flat[index] = rng.integers(
+                ord("a"), ord("z") + 1, size=length, dtype=np.uint8
+            ).tobytes()
+        return flat.reshape(shape)
+    if datatype == "BOOL":
+        return rng.random(shape) < 0.5
+    if datatype == "BF16":
+        return float_to_bf16(rng.standard_normal(shape))
+    dtype = NUMPY_DTYPES[datatype]
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(INT_LOW, INT_HIGH, size=shape, dtype=dtype)
+
+
+def concrete_shape(shape: Sequence[int], batched: bool, batch_size: int) -> list[int]:
+    """Replace -1 dims: the batch dim (dim 0 of a batched model) by ``batch_size``,
+    the others by :data:`VARIABLE_DIM_SIZE`."""
+    out = []
+    for index, dim in enumerate(shape):
+        if dim >= 0:
+            out.append(int(dim))
+        elif index == 0 and batched:
+            out.append(batch_size)
+        else:
+            out.append(VARIABLE_DIM_SIZE)
+    return out
+
+
+def random_inputs(
+    metadata: pb.ModelMetadataResponse,
+    *,
+    batched: bool,
+    batch_size: int = 1,
+    rng: np.random.Generator | None = None,
+    skip: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
+    """Random arrays for every input in ``metadata`` except those named in ``skip``."""
+    rng = rng or np.random.default_rng()
+    return {
+        tensor.name: random_tensor(
+            tensor.datatype, concrete_shape(tensor.shape, batched, batch_size), rng
+        )
+        for tensor in metadata.inputs
+        if tensor.name not in skip
+    }
+
+
+def _is_batched(client: InferenceClient, model: str, version: str, first_dims: list[int]) -> bool:
+    """Whether dim 0 is the batch dim: max_batch_size > 0 in the model config, or,
+    when the server has no config to show, dim 0 being variable."""
+    try:
+        return client.model_config(model, version).max_batch_size > 0
+    except InferenceServerError as exc:
+        if exc.status_code != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        return bool(first_dims) and all(dim == -1 for dim in first_dims)
+
+
+def _load_input(spec: str) -> tuple[str, np.ndarray]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise typer.BadParameter(f"expected NAME=file.npy, got {spec!r}", param_hint="--input")
+    try:
+        return name, np.load(Path(path), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"cannot load {path!r}: {exc}", param_hint="--input") from exc
+
+
+def _display_array(array: np.ndarray, datatype: str) -> np.ndarray:
+    return bf16_to_float32(array) if datatype == "BF16" else array
+
+
+def _json_value(array: np.ndarray, datatype: str) -> Any:
+    if datatype == "BYTES":
+        return np.vectorize(
+            lambda item: (
+                item.decode("utf-8", "backslashreplace") if isinstance(item, bytes) else str(item)
+            ),
+            otypes=[object],
+        )(array).tolist()
+    return _display_array(array, datatype).tolist()
+
+
+def format_result(result: InferResult) -> str:
+    """Human-readable outputs: name, datatype, shape, then the (truncated) values."""
+    lines = [f"model {result.model_name!r} version {result.model_version!r}"]
+    if result.id:
+        lines[0] += f" id {result.id!r}"
+    with np.printoptions(threshold=200, edgeitems=4, linewidth=100):
+        for name, array in result.outputs.items():
+            datatype = result.datatypes.get(name, "")
+            lines.append(f"{name}  {datatype}  {list(array.shape)}")
+            lines.append(np.array2string(_display_array(array, datatype)))
+    return "\n".join(lines)
+
+
+def result_to_json(result: InferResult) -> str:
+    """The outputs as JSON (full values; BF16 as floats, BYTES as UTF-8 strings)."""
+    document = {
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "id": result.id,
+        "outputs": [
+            {
+                "name": name,
+                "datatype": result.datatypes.get(name, ""),
+                "shape": list(array.shape),
+                "data": _json_value(array, result.datatypes.get(name, "")),
+            }
+            for name, array in result.outputs.items()
+        ],
+    }
+    return json.dumps(document)
+
+
+def infer(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name.")],
+    url: Annotated[
+        str, typer.Option("--url", "-u", help="Server gRPC address, host:port.")
+    ] = "127.0.0.1:8001",
+    random: Annotated[
+        bool,
+        typer.Option(
+            "--random",
+            help="Generate random data for every input not given by --input, "
+            "shaped from the model metadata.",
+        ),
+    ] = False,
+    input_files: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="NAME=file.npy; repeat for each input."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Batch size of random inputs.")
+    ] = 1,
+    output_names: Annotated[
+        list[str] | None,
+        typer.Option("--output", "-o", help="Output to return; repeatable (default: all)."),
+    ] = None,
+    version: Annotated[str, typer.Option("--version", help="Model version.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed for --random (default: random).")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Deadline of each call, in seconds.")
+    ] = 60.0,
+) -> None:
+    """Run one inference request against a batchwire / Triton gRPC server and print the outputs."""
+    given = dict(_load_input(spec) for spec in input_files or ())
+    if not random and not given:
+        raise typer.BadParameter("give --input NAME=file.npy for each input, or --random")
+    try:
+        with InferenceClient(url, timeout=timeout) as client:
+            metadata = client.model_metadata(model, version)
+            declared = {tensor.name: tensor.datatype for tensor in metadata.inputs}
+            inputs = dict(given)
+            if random:
+                first_dims = [tensor.shape[0] for tensor in metadata.inputs if tensor.shape]
+                inputs.update(
+                    random_inputs(
+                        metadata,
+                        batched=_is_batched(client, model, version, first_dims),
+                        batch_size=batch_size,
+                        rng=np.random.default_rng(seed),
+                        skip=list(given),
+                    )
+                )
+            try:
+                datatypes = {name: declared[name] for name in inputs if name in declared}
+                result = client.infer(
+                    model, inputs, outputs=output_names, version=version, datatypes=datatypes
+                )
+            except (TypeError, ValueError) as exc:  # an input file that cannot be sent
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from exc
+    except InferenceServerError as exc:
+        typer.echo(f"error: {exc.status_code.name}: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(result_to_json(result) if as_json else format_result(result))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``infer`` command to ``app`` (the ``batchwire`` command line)."""
+    app.command("infer")(infer)
+
+
+def build_app() -> typer.Typer:
+    """A typer app holding just ``infer``, for ``python -m batchwire.clients.cli``."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True)
+
+    @app.callback()
+    def _root() -> None:
+        """batchwire inference client."""
+
+    register(app)
+    return app
+
+
+def main() -> None:
+    """Entry point of ``python -m batchwire.clients.cli``."""
+    build_app()()
+
+
+if __name__ == "__main__":
+    main()

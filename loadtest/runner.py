@@ -1,0 +1,513 @@
+"""``batchwire loadtest``: start a server if needed, run Locust headless, check the SLOs.
+
+Every process runs on this machine: the server (``python -m batchwire serve``,
+a subprocess so that Locust's gevent monkey-patching never meets the server's
+asyncio and gRPC), Locust itself (standalone, or ``--master`` plus K
+``--worker`` processes), and a metrics sampler thread in this process.
+Nothing is sent before the options and the SLO file are validated, and only
+loopback targets are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchwire.loadtest.hosts import normalize_target
+from batchwire.loadtest.latency import LatencyRecorder
+from batchwire.loadtest.metrics import MetricsSampler, ServerView, check_metrics_url
+from batchwire.loadtest.slo import Evaluation, SLOSpec, evaluate, load_slo
+from batchwire.loadtest.workloads import WORKLOADS, parse_weighted_models
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+LATENCY_FILE = "latency.json"
+CSV_PREFIX = "locust"
+
+#: Exit codes of ``batchwire loadtest``.
+EXIT_PASS, EXIT_SLO_FAILED, EXIT_USAGE, EXIT_RUN_ERROR = 0, 1, 2, 3
+
+
+class LoadTestError(RuntimeError):
+    """The run could not be completed (server or Locust failed); exit code 3."""
+
+
+class UsageError(ValueError):
+    """Bad options or SLO file, found before any load was sent; exit code 2."""
+
+
+_SPAN = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str, *, allow_zero: bool = False) -> float:
+    """``"30s"``, ``"2m"``, ``"1m30s"``, ``"90"`` -> seconds."""
+    value = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        seconds = float(value)
+    else:
+        pos, seconds = 0, 0.0
+        for match in _SPAN.finditer(value):
+            if match.start() != pos:
+                break
+            number, unit = float(match.group(1)), match.group(2)
+            seconds += number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+            pos = match.end()
+        if pos != len(value) or not value:
+            raise UsageError(f"cannot read duration {text!r}; use e.g. 30s, 2m, 1m30s")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise UsageError(f"duration must be positive, got {text!r}")
+    return seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# Options -------------------------------------------------------------------
+
+
+@dataclass
+class LoadTestOptions:
+    host: str | None = None
+    slo: Path | None = None
+    users: int = 4
+    spawn_rate: float = 4.0
+    duration: str = "30s"
+    warmup: str | None = None  # None: the ramp-up time
+    models: str = "mlp,text"
+    mode: str = "unary"
+    out: Path = Path("loadtest-report")
+    workers: int = 0
+    metrics_url: str | None = None
+    timeout: float = 10.0
+    server_start_timeout: float = 180.0
+    log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr))
+
+
+@dataclass
+class Plan:
+    """Validated options: everything needed to run, decided before anything starts."""
+
+    options: LoadTestOptions
+    spec: SLOSpec
+    models: list[str]
+    model_arg: str
+    target: str | None
+    duration_s: int
+    warmup_s: float
+    metrics_url: str | None
+
+
+def plan(options: LoadTestOptions) -> Plan:
+    """Validate every option and the SLO file; raises UsageError naming each problem."""
+    try:
+        weights = parse_weighted_models(options.models)
+    except ValueError as exc:
+        raise UsageError(f"--models: {exc}") from exc
+    if options.mode not in ("unary", "stream"):
+        raise UsageError(f"--mode must be unary or stream, got {options.mode!r}")
+    if options.users < 1:
+        raise UsageError(f"--users must be >= 1, got {options.users}")
+    if not options.spawn_rate > 0:
+        raise UsageError(f"--spawn-rate must be > 0, got {options.spawn_rate}")
+    if options.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {options.workers}")
+    if options.workers > options.users:
+        raise UsageError(f"--workers ({options.workers}) must not exceed --users ({options.users})")
+    if not options.timeout > 0:
+        raise UsageError(f"--timeout must be > 0, got {options.timeout}")
+    duration = parse_duration(options.duration)
+    if duration != int(duration):
+        raise UsageError(
+            f"--duration must be whole seconds (Locust's --run-time), got {options.duration!r}"
+        )
+    if options.warmup is None:
+        warmup = min(math.ceil(options.users / options.spawn_rate), duration / 2)
+    else:
+        warmup = parse_duration(options.warmup, allow_zero=True)
+    if warmup >= duration:
+        raise UsageError(
+            f"--warmup ({warmup:g} s) must be shorter than --duration ({duration:g} s)"
+        )
+    target = None
+    if options.host is not None:
+        try:
+            target = normalize_target(options.host)
+        except ValueError as exc:
+            raise UsageError(f"--host: {exc}") from exc
+    metrics_url = None
+    if options.metrics_url:
+        try:
+            metrics_url = check_metrics_url(options.metrics_url)
+        except ValueError as exc:
+            raise UsageError(f"--metrics-url: {exc}") from exc
+    try:
+        spec = load_slo(options.slo, known_models=set(WORKLOADS))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    model_arg = ",".join(
+        f"{name}:{weight}" if weight != 1 else name for name, weight in weights.items()
+    )
+    return Plan(options, spec, list(weights), model_arg, target, int(duration), warmup, metrics_url)
+
+
+# Server --------------------------------------------------------------------
+
+
+def _serve_metrics_option() -> str | None:
+    """``--metrics-port`` when this batchwire's ``serve`` command has it."""
+    try:
+        import inspect
+
+        from batchwire.server.cli import serve
+    except Exception:
+        return None
+    return "--metrics-port" if "metrics_port" in inspect.signature(serve).parameters else None
+
+
+class ManagedServer:
+    """``python -m batchwire serve`` on 127.0.0.1 and a free port, in a subprocess."""
+
+    def __init__(self, log_path: Path, log: Callable[[str], None]) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.metrics_url: str | None = None
+        self.log_path = log_path
+        self._log = log
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float) -> ManagedServer:
+        command = [
+            sys.executable,
+            "-m",
+            "batchwire",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        metrics_option = _serve_metrics_option()
+        if metrics_option:
+            metrics_port = free_port()
+            command += [metrics_option, str(metrics_port)]
+            self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self._log(f"starting server: {shlex.join(command[1:])} (log: {self.log_path})")
+        with self.log_path.open("wb") as handle:
+            self.process = subprocess.Popen(
+                command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        try:
+            wait_until_ready(self.target, timeout, self.process)
+        except LoadTestError as exc:
+            self.stop()
+            tail = _tail(self.log_path)
+            raise LoadTestError(f"{exc}\n--- {self.log_path} (tail) ---\n{tail}") from exc
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def wait_until_ready(target: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Poll ServerReady until true; LoadTestError on timeout or when ``process`` exits."""
+    import grpc
+
+    from batchwire.protos import grpc_service_pb2 as pb
+    from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise LoadTestError(
+                    f"server exited with code {process.returncode} before it was ready"
+                )
+            try:
+                if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+                    return
+                last = "ServerReady answered ready=false"
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
+            time.sleep(0.25)
+    raise LoadTestError(f"server at {target} not ready after {timeout:g} s ({last})")
+
+
+def warm_up(target: str, models: Sequence[str], per_model: int = 8, timeout: float = 60.0) -> None:
+    """Send a few requests per model (first-call costs), and fail early when a model is not served."""
+    import grpc
+
+    from batchwire.loadtest.workloads import pick
+    from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for model in models:
+            pool = WORKLOADS[model].build_pool(seed=1, size=per_model)
+            for index in range(per_model):
+                try:
+                    stub.ModelInfer(pick(pool, f"warmup-{index}"), timeout=timeout)
+                except grpc.RpcError as exc:
+                    raise LoadTestError(
+                        f"warm-up request to model '{model}' at {target} failed: "
+                        f"{exc.code().name}: {exc.details()}"
+                    ) from exc
+
+
+# Locust ----------------------------------------------------------------------
+
+
+def locust_commands(plan_: Plan, target: str, out: Path) -> tuple[list[str], list[list[str]]]:
+    """The Locust command lines: (standalone or master, workers)."""
+    options = plan_.options
+    custom = [
+        "--batchwire-models", plan_.model_arg,
+        "--batchwire-mode", options.mode,
+        "--batchwire-timeout", f"{options.timeout:g}",
+    ]  # fmt: skip
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+    stop_timeout = max(2, math.ceil(min(options.timeout, 10.0)))
+    main = [
+        *base,
+        "--headless",
+        "--host", target,
+        "--users", str(options.users),
+        "--spawn-rate", f"{options.spawn_rate:g}",
+        "--run-time", f"{plan_.duration_s}s",
+        "--stop-timeout", str(stop_timeout),
+        "--csv", str(out / CSV_PREFIX),
+        "--csv-full-history",
+        "--only-summary",
+        "--exit-code-on-error", "0",
+        "--loglevel", "INFO",
+        "--batchwire-latency-file", str(out / LATENCY_FILE),
+        *custom,
+    ]  # fmt: skip
+    workers: list[list[str]] = []
+    if options.workers:
+        port = free_port()
+        main += [
+            "--master",
+            "--master-bind-host", "127.0.0.1",
+            "--master-bind-port", str(port),
+            "--expect-workers", str(options.workers),
+            "--expect-workers-max-wait", "60",
+        ]  # fmt: skip
+        worker = [
+            *base,
+            "--worker",
+            "--master-host", "127.0.0.1",
+            "--master-port", str(port),
+            "--loglevel", "INFO",
+            *custom,
+        ]  # fmt: skip
+        workers = [list(worker) for _ in range(options.workers)]
+    return main, workers
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    # Our options are passed on the command line; stray env vars must not override them.
+    for key in (
+        "BATCHWIRE_LOADTEST_MODELS",
+        "BATCHWIRE_LOADTEST_MODE",
+        "BATCHWIRE_LOADTEST_LATENCY_FILE",
+    ):
+        env.pop(key, None)
+    return env
+
+
+def run_locust(plan_: Plan, target: str, out: Path, log: Callable[[str], None]) -> None:
+    main_cmd, worker_cmds = locust_commands(plan_, target, out)
+    env = _child_env()
+    processes: list[tuple[str, subprocess.Popen, Path]] = []
+    handles = []
+    try:
+        main_log = out / "locust.log"
+        handle = main_log.open("wb")
+        handles.append(handle)
+        log(f"running locust for {plan_.duration_s} s: {shlex.join(main_cmd[1:])}")
+        processes.append(
+            (
+                "locust",
+                subprocess.Popen(main_cmd, stdout=handle, stderr=subprocess.STDOUT, env=env),
+                main_log,
+            )
+        )
+        for index, command in enumerate(worker_cmds):
+            worker_log = out / f"locust-worker-{index + 1}.log"
+            handle = worker_log.open("wb")
+            handles.append(handle)
+            processes.append(
+                (
+                    f"locust worker {index + 1}",
+                    subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env),
+                    worker_log,
+                )
+            )
+        # Startup, the run, the stop timeout, writing results; then give up.
+        deadline = time.monotonic() + plan_.duration_s + 90 + (60 if worker_cmds else 0)
+        name, master, master_log = processes[0]
+        while master.poll() is None:
+            if time.monotonic() > deadline:
+                raise LoadTestError(f"{name} did not finish in time; see {master_log}")
+            for other_name, process, other_log in processes[1:]:
+                if process.poll() not in (None, 0):
+                    raise LoadTestError(
+                        f"{other_name} exited with code {process.returncode}\n"
+                        f"--- {other_log} (tail) ---\n{_tail(other_log)}"
+                    )
+            time.sleep(0.2)
+        if master.returncode != 0:
+            raise LoadTestError(
+                f"{name} exited with code {master.returncode}\n--- {master_log} (tail) ---\n{_tail(master_log)}"
+            )
+        for _, process, _ in processes[1:]:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    finally:
+        for _, process, _ in processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+        for handle in handles:
+            handle.close()
+
+
+# The whole run -------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    evaluation: Evaluation
+    report: Path
+    exit_code: int
+
+
+def run(options: LoadTestOptions, plan_: Plan | None = None) -> Outcome:
+    """Run the load test described by ``options``; see the module docstring."""
+    plan_ = plan_ or plan(options)  # validates everything before any process starts
+    log = options.log
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (LATENCY_FILE, "report.html", "slo_results.json"):
+        (out / stale).unlink(missing_ok=True)
+    server: ManagedServer | None = None
+    sampler: MetricsSampler | None = None
+    started = time.time()
+    try:
+        if plan_.target is None:
+            server = ManagedServer(out / "server.log", log).start(options.server_start_timeout)
+            target, origin = (
+                server.target,
+                "started by batchwire loadtest (python -m batchwire serve)",
+            )
+        else:
+            target, origin = plan_.target, "given with --host"
+            wait_until_ready(target, 10.0)
+        metrics_url = plan_.metrics_url or (server.metrics_url if server else None)
+        log(f"server ready at {target}; warming up {', '.join(plan_.models)}")
+        warm_up(target, plan_.models)
+        sampler = MetricsSampler(metrics_url).start()
+        run_locust(plan_, target, out, log)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if server is not None:
+            server.stop()
+    latency_path = out / LATENCY_FILE
+    if not latency_path.is_file():
+        raise LoadTestError(f"locust wrote no {latency_path}; see {out / 'locust.log'}")
+    recorder = LatencyRecorder.read(latency_path)
+    start = recorder.start_time or started
+    stop = recorder.stop_time or time.time()
+    since = math.floor(start + plan_.warmup_s) if plan_.warmup_s else start
+    window_start = max(since, start)
+    evaluation = evaluate(
+        plan_.spec, recorder, plan_.models, window_start=window_start, window_end=stop
+    )
+    server_view = sampler.summary() if sampler is not None else ServerView(False, "not sampled")
+    from batchwire.loadtest.report import RunInfo, write_report
+
+    info = RunInfo(
+        target=target,
+        models=plan_.models,
+        mode=options.mode,
+        users=options.users,
+        spawn_rate=options.spawn_rate,
+        duration_s=plan_.duration_s,
+        warmup_s=window_start - start,
+        workers=options.workers,
+        slo_source=plan_.spec.source,
+        server=origin,
+        command=shlex.join(sys.argv),
+    )
+    report = write_report(
+        out,
+        info=info,
+        recorder=recorder,
+        evaluation=evaluation,
+        spec=plan_.spec,
+        server=server_view,
+        locust_csv_prefix=out / CSV_PREFIX,
+    )
+    _write_results_json(out / "slo_results.json", evaluation)
+    return Outcome(evaluation, report, EXIT_PASS if evaluation.passed else EXIT_SLO_FAILED)
+
+
+def _write_results_json(path: Path, evaluation: Evaluation) -> None:
+    data = {
+        "passed": evaluation.passed,
+        "window": [evaluation.window_start, evaluation.window_end],
+        "checks": [
+            {
+                "model": c.model,
+                "metric": c.metric,
+                "target": c.target,
+                "measured": c.measured,
+                "passed": c.passed,
+                "unit": c.unit,
+                "line": c.line(),
+            }
+            for r in evaluation.results
+            for c in r.checks
+        ],
+        "skipped": evaluation.skipped,
+    }
+    path.write_text(json.dumps(data, indent=2))

@@ -1,0 +1,134 @@
+"""The ``batchwire`` command line: serve models, export the examples, run a client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from batchwire import __version__
+
+app = typer.Typer(
+    name="batchwire",
+    help="gRPC inference server for PyTorch models (KServe v2 / Triton protocol).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+examples_app = typer.Typer(help="Built-in example models.", no_args_is_help=True)
+app.add_typer(examples_app, name="examples")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"batchwire {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """batchwire command line."""
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def serve(
+    model_repository: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-repository",
+            envvar="BATCHWIRE_MODEL_REPOSITORY",
+            help="Triton-layout model repository; default: the built-in example models.",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(envvar="BATCHWIRE_HOST", help="Address to bind.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(envvar="BATCHWIRE_GRPC_PORT", help="gRPC port.")] = 8001,
+    max_message_mb: Annotated[
+        int, typer.Option(help="Largest gRPC message accepted or sent, in MiB (max 2047).")
+    ] = 2047,
+    allow_pickled_models: Annotated[
+        bool,
+        typer.Option(help="Load pickled nn.Module files (they run arbitrary code when loaded)."),
+    ] = False,
+    intra_op_threads: Annotated[
+        int | None, typer.Option(help="torch intra-op threads (default: torch's choice).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(envvar="BATCHWIRE_LOG_LEVEL")] = "info",
+) -> None:
+    """Serve a model repository (the built-in examples when none is given)."""
+    from batchwire.server.app import BatchwireServer, new_event_loop
+    from batchwire.server.settings import ServerSettings
+
+    configure_logging(log_level)
+    settings = ServerSettings(
+        host=host,
+        port=port,
+        model_repository=model_repository,
+        max_message_bytes=min(max_message_mb * 2**20, 2**31 - 1),
+        allow_pickled_models=allow_pickled_models,
+        intra_op_threads=intra_op_threads,
+    )
+    server = BatchwireServer(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await server.start()
+        await stop.wait()
+        logging.getLogger("batchwire").info("shutting down")
+        await server.stop()
+
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+@examples_app.command("export")
+def export(
+    dest: Annotated[Path, typer.Argument(help="Folder to write the repository into.")],
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Export only these (repeatable).")
+    ] = None,
+) -> None:
+    """Write the built-in example models as a Triton-layout model repository."""
+    from batchwire.examples.export import EXAMPLE_NAMES, export_examples
+
+    unknown = sorted(set(model or ()) - set(EXAMPLE_NAMES))
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown example(s) {', '.join(unknown)}; expected some of {', '.join(EXAMPLE_NAMES)}",
+            param_hint="--model",
+        )
+    names = export_examples(dest, model or None)
+    for name in names:
+        typer.echo(f"wrote {dest / name}")
+
+
+def _register_optional_commands() -> None:
+    from batchwire.clients.cli import register as register_client
+
+    register_client(app)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    """Entry point of the ``batchwire`` console script."""
+    app()

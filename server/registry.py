@@ -1,0 +1,285 @@
+"""The models being served: load, unload, look up, and report their state.
+
+Concurrency: every method runs on the server's event loop. Loading a model
+file is blocking work and runs in a worker thread; the registry's tables are
+only mutated on the loop, so lookups need no lock. One asyncio lock per model
+name serializes load/unload of that model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from batchwire.batching import ModelBatcher
+from batchwire.core.errors import (
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+)
+from batchwire.core.observer import BatchObserver
+from batchwire.core.spec import ModelSpec
+from batchwire.protos import model_config_pb2
+from batchwire.server.repository import ModelRepository, ModelVersionSource
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.Enum):
+    """Triton's model states, as RepositoryIndex reports them."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class ServedModel:
+    """One version of one model and the batcher that runs it."""
+
+    name: str
+    version: str
+    state: ModelState
+    reason: str = ""
+    spec: ModelSpec | None = None
+    config: model_config_pb2.ModelConfig | None = None
+    batcher: ModelBatcher | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+
+@dataclass(slots=True)
+class _ModelVersions:
+    #: version string -> served version, in ascending numeric order.
+    versions: dict[str, ServedModel] = field(default_factory=dict)
+    #: Set when the model folder itself could not be read (bad config.pbtxt...).
+    error: str = ""
+    #: The highest ready version, the one an empty version string selects.
+    latest: ServedModel | None = None
+    #: Unloaded on request: listed by the index, not counted against server readiness.
+    unloaded: bool = False
+
+    def refresh_latest(self) -> None:
+        ready = [m for m in self.versions.values() if m.ready]
+        self.latest = max(ready, key=lambda m: int(m.version)) if ready else None
+
+
+#: Called with (model name, ready) whenever a model's readiness may have changed.
+StateListener = Callable[[str, bool], None]
+#: Builds the observer that receives a model version's batch and request events.
+ObserverFactory = Callable[[ModelSpec], BatchObserver]
+
+
+class ModelRegistry:
+    """Loads models from a :class:`ModelRepository` and serves lookups."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        observer_factory: ObserverFactory | None = None,
+    ) -> None:
+        self.repository = repository
+        self._observer_factory = observer_factory
+        self._models: dict[str, _ModelVersions] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._listeners: list[StateListener] = []
+
+    def add_listener(self, listener: StateListener) -> None:
+        """Call ``listener(name, ready)`` after every load/unload of a model."""
+        self._listeners.append(listener)
+
+    # Lookups (hot path) -------------------------------------------------
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        """The ready version ``version`` of ``name`` (latest ready when empty).
+
+        Raises ModelNotFoundError for an unknown model or version and
+        ModelNotReadyError for one that is not ready.
+        """
+        entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFoundError(f"model '{name}' is not in the model repository")
+        if not version:
+            served = entry.latest
+            if served is None:
+                reason = entry.error or self._unready_reason(entry)
+                raise ModelNotReadyError(f"model '{name}' has no ready version: {reason}")
+            return served
+        served = entry.versions.get(version)
+        if served is None:
+            known = ", ".join(entry.versions) or "none"
+            raise ModelNotFoundError(
+                f"model '{name}' has no version '{version}' (available versions: {known})"
+            )
+        if not served.ready:
+            raise ModelNotReadyError(
+                f"model '{name}' version '{version}' is {served.state.value}"
+                + (f": {served.reason}" if served.reason else "")
+            )
+        return served
+
+    def find(self, name: str, version: str = "") -> ServedModel:
+        """Like :meth:`get` but returns a version in any state (for metadata and readiness)."""
+        entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFoundError(f"model '{name}' is not in the model repository")
+        if not version:
+            if entry.latest is not None:
+                return entry.latest
+            if entry.versions:
+                return entry.versions[max(entry.versions, key=int)]
+            raise ModelNotReadyError(f"model '{name}' has no loadable version: {entry.error}")
+        served = entry.versions.get(version)
+        if served is None:
+            known = ", ".join(entry.versions) or "none"
+            raise ModelNotFoundError(
+                f"model '{name}' has no version '{version}' (available versions: {known})"
+            )
+        return served
+
+    def versions(self, name: str) -> list[str]:
+        entry = self._models.get(name)
+        return list(entry.versions) if entry else []
+
+    def index(self) -> list[ServedModel]:
+        """Every known model version, plus one entry per model that failed as a whole."""
+        rows: list[ServedModel] = []
+        for name in sorted(self._models):
+            entry = self._models[name]
+            if entry.error and not entry.versions:
+                rows.append(ServedModel(name, "", ModelState.UNAVAILABLE, entry.error))
+            rows.extend(entry.versions.values())
+        return rows
+
+    @property
+    def all_ready(self) -> bool:
+        """True when every model the repository holds (and not unloaded) has a ready version."""
+        return all(e.latest is not None for e in self._models.values() if not e.unloaded)
+
+    def ready_models(self) -> list[ServedModel]:
+        return [m for e in self._models.values() for m in e.versions.values() if m.ready]
+
+    @staticmethod
+    def _unready_reason(entry: _ModelVersions) -> str:
+        reasons = [f"version {m.version}: {m.reason or m.state.value}" for m in entry.versions.values()]
+        return "; ".join(reasons) or "no versions found"
+
+    # Lifecycle ----------------------------------------------------------
+
+    async def load_all(self) -> None:
+        """Load every model in the repository; failures are recorded, never raised."""
+        entries = await asyncio.to_thread(self.repository.discover)
+        for entry in entries:
+            await self._apply(entry)
+
+    async def load(self, name: str) -> ServedModel:
+        """(Re)load one model from the repository; raises ModelLoadError when it fails."""
+        entry = await asyncio.to_thread(self.repository.discover_model, name)
+        await self._apply(entry)
+        versions = self._models[name]
+        if versions.error:
+            raise ModelLoadError(versions.error)
+        failed = [m for m in versions.versions.values() if not m.ready]
+        if failed:
+            raise ModelLoadError(
+                "; ".join(f"model '{name}' version {m.version}: {m.reason}" for m in failed)
+            )
+        assert versions.latest is not None
+        return versions.latest
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name``: drain its queues and release its instances."""
+        if name not in self._models:
+            raise ModelNotFoundError(f"model '{name}' is not in the model repository")
+        async with self._lock(name):
+            entry = self._models[name]
+            entry.unloaded = True
+            entry.latest = None
+            await self._stop_versions(list(entry.versions.values()))
+        self._notify(name, False)
+
+    async def close(self) -> None:
+        """Unload every model (server shutdown)."""
+        for name in list(self._models):
+            await self.unload(name)
+        self._models.clear()
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _apply(self, entry) -> None:
+        name = entry.name
+        async with self._lock(name):
+            old = self._models.get(name)
+            fresh = _ModelVersions(error=entry.error or "")
+            if entry.error:
+                log.error("model '%s' is unavailable: %s", name, entry.error)
+            sources: list[ModelVersionSource] = list(entry.versions or [])
+            for source in sources:
+                fresh.versions[source.version] = ServedModel(
+                    name, source.version, ModelState.LOADING, spec=source.spec, config=source.config
+                )
+            self._models[name] = fresh if old is None else old
+            for source in sources:
+                fresh.versions[source.version] = await self._load_version(source)
+            # Swap only after the new versions are up, so a reload never drops traffic.
+            self._models[name] = fresh
+            fresh.refresh_latest()
+            if old is not None:
+                await self._stop_versions(list(old.versions.values()))
+        self._notify(name, fresh.latest is not None)
+
+    async def _load_version(self, source: ModelVersionSource) -> ServedModel:
+        served = ServedModel(
+            source.name, source.version, ModelState.LOADING, spec=source.spec, config=source.config
+        )
+        try:
+            model = await asyncio.to_thread(self.repository.load, source)
+            observer = self._observer_factory(source.spec) if self._observer_factory else None
+            batcher = ModelBatcher(model, observer=observer)
+            await batcher.start()
+        except ModelLoadError as exc:
+            served.state, served.reason = ModelState.UNAVAILABLE, str(exc)
+            log.error("model '%s' version %s failed to load: %s", source.name, source.version, exc)
+            return served
+        except Exception as exc:  # a model's own code may raise anything while loading
+            served.state = ModelState.UNAVAILABLE
+            served.reason = f"{type(exc).__name__}: {exc}"
+            log.exception("model '%s' version %s failed to load", source.name, source.version)
+            return served
+        served.batcher = batcher
+        served.state = ModelState.READY
+        log.info(
+            "model '%s' version %s is ready on %s",
+            source.name,
+            source.version,
+            ", ".join(str(d) for d in batcher.devices),
+        )
+        return served
+
+    async def _stop_versions(self, versions: list[ServedModel]) -> None:
+        for served in versions:
+            if served.batcher is None:
+                continue
+            served.state = ModelState.UNLOADING
+            try:
+                await served.batcher.stop(drain=True)
+            except Exception:
+                log.exception("error while stopping model '%s' version %s", served.name, served.version)
+            served.batcher = None
+            served.state = ModelState.UNAVAILABLE
+            served.reason = "unloaded"
+
+    def _notify(self, name: str, ready: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener(name, ready)
+            except Exception:
+                log.exception("model state listener failed for '%s'", name)

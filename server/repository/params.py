@@ -1,0 +1,105 @@
+"""batchwire's extensions, carried in config ``parameters`` under ``batchwire.*`` keys.
+
+Triton configs have no field for them, and ``parameters`` is the one place a
+Triton-compatible config can hold backend-specific settings. Values are
+strings (``string_value``); a value that does not parse is a load error, and so
+is an unknown ``batchwire.*`` key (most likely a typo that would otherwise be
+silently ignored).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from batchwire.protos import model_config_pb2 as mc
+from batchwire.server.repository.errors import load_error, one_of
+
+PREFIX = "batchwire."
+ADAPTIVE_DELAY = "batchwire.adaptive_delay"
+RAGGED_PAD_VALUE = "batchwire.ragged_pad_value"
+RETRY_BY_HALVES = "batchwire.retry_by_halves"
+SPLIT_ON_OOM = "batchwire.split_on_oom"
+PYTHON_CLASS = "batchwire.python_class"
+
+KNOWN_KEYS = (ADAPTIVE_DELAY, RAGGED_PAD_VALUE, RETRY_BY_HALVES, SPLIT_ON_OOM, PYTHON_CLASS)
+#: keys that only matter with dynamic_batching.
+BATCHING_KEYS = (ADAPTIVE_DELAY, RAGGED_PAD_VALUE, RETRY_BY_HALVES, SPLIT_ON_OOM)
+
+DEFAULT_PYTHON_CLASS = "BatchwireModel"
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchwireOptions:
+    """The parsed ``batchwire.*`` parameters; None where the config leaves a default."""
+
+    adaptive_delay: bool | None = None
+    ragged_pad_value: float | None = None
+    retry_by_halves: bool | None = None
+    split_on_oom: bool | None = None
+    python_class: str = DEFAULT_PYTHON_CLASS
+
+
+def _field(key: str) -> str:
+    return f"parameters['{key}'].string_value"
+
+
+def parse_bool(value: str, key: str, path: object) -> bool:
+    """A boolean parameter: true/false, 1/0, yes/no, on/off (any case)."""
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise load_error(
+        path, _field(key), f"'{value}' is not a boolean (expected one of true, false, 1, 0)"
+    )
+
+
+def parse_float(value: str, key: str, path: object) -> float:
+    """A finite float parameter."""
+    try:
+        number = float(value.strip())
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise load_error(path, _field(key), f"'{value}' is not a finite number")
+    return number
+
+
+def parse_options(config: mc.ModelConfig, path: object) -> BatchwireOptions:
+    """Parse and check every ``batchwire.*`` parameter of ``config``."""
+    params = {key: param.string_value for key, param in config.parameters.items()}
+    unknown = sorted(k for k in params if k.startswith(PREFIX) and k not in KNOWN_KEYS)
+    if unknown:
+        raise load_error(
+            path,
+            f"parameters['{unknown[0]}']",
+            f"unknown batchwire parameter (expected one of {one_of(KNOWN_KEYS)})",
+        )
+
+    def flag(key: str) -> bool | None:
+        return parse_bool(params[key], key, path) if key in params else None
+
+    pad = (
+        parse_float(params[RAGGED_PAD_VALUE], RAGGED_PAD_VALUE, path)
+        if RAGGED_PAD_VALUE in params
+        else None
+    )
+    python_class = params.get(PYTHON_CLASS, DEFAULT_PYTHON_CLASS).strip()
+    if not python_class.isidentifier():
+        raise load_error(
+            path,
+            _field(PYTHON_CLASS),
+            f"'{python_class}' is not a Python class name (expected an identifier)",
+        )
+    return BatchwireOptions(
+        adaptive_delay=flag(ADAPTIVE_DELAY),
+        ragged_pad_value=pad,
+        retry_by_halves=flag(RETRY_BY_HALVES),
+        split_on_oom=flag(SPLIT_ON_OOM),
+        python_class=python_class,
+    )

@@ -1,0 +1,131 @@
+"""The model repository: a folder of model folders, each with a config and versions.
+
+Layout (Triton's)::
+
+    <root>/<model>/config.pbtxt
+    <root>/<model>/<version>/model.pt     (or model.pt2, model.py, default_model_filename)
+
+:meth:`ModelRepository.discover` reads every config and picks the versions to
+serve, without loading any weights; :meth:`ModelRepository.load` loads one
+version. A model that fails never hides the others: its entry carries the
+error message instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from batchwire.core.errors import ModelLoadError
+from batchwire.core.model import Model
+from batchwire.server.repository.config import load_config
+from batchwire.server.repository.convert import config_to_spec
+from batchwire.server.repository.errors import load_error
+from batchwire.server.repository.loaders import load_model
+from batchwire.server.repository.source import ModelEntry, ModelVersionSource
+from batchwire.server.repository.threads import set_intra_op_threads
+from batchwire.server.repository.versions import available_versions, select_versions
+
+log = logging.getLogger(__name__)
+
+
+class ModelRepository:
+    """Discovers and loads the models under ``root``.
+
+    ``allow_pickle``: load whole modules saved with ``torch.save`` (unpickling
+    runs code from the file; off by default). ``intra_op_threads``: size of
+    torch's CPU thread pool, set once here for the whole process (None keeps
+    torch's default).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        allow_pickle: bool = False,
+        intra_op_threads: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.allow_pickle = allow_pickle
+        self.intra_op_threads = intra_op_threads
+        set_intra_op_threads(intra_op_threads)
+
+    def model_names(self) -> list[str]:
+        """Names of the model folders under the root, sorted (hidden folders skipped)."""
+        if not self.root.is_dir():
+            raise ModelLoadError(f"{self.root}: model repository folder not found")
+        return sorted(
+            entry.name
+            for entry in self.root.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".")
+        )
+
+    def discover(self) -> list[ModelEntry]:
+        """One entry per model folder, sorted by name; broken models carry their error."""
+        entries = [self.discover_model(name) for name in self.model_names()]
+        ok = [e for e in entries if e.ok]
+        log.info(
+            "%s: %d model(s) found, %d ok, %d failed",
+            self.root,
+            len(entries),
+            len(ok),
+            len(entries) - len(ok),
+        )
+        return entries
+
+    def discover_model(self, name: str) -> ModelEntry:
+        """Re-read one model folder (for a reload); an unknown name gives an error entry."""
+        model_dir = self.root / name
+        try:
+            if not name or "/" in name or "\\" in name or name in (".", ".."):
+                raise ModelLoadError(f"{self.root}: '{name}' is not a model folder name")
+            if not model_dir.is_dir():
+                raise load_error(model_dir, "", "model folder not found")
+            versions = self._versions(model_dir)
+        except ModelLoadError as exc:
+            log.error("model '%s' failed: %s", name, exc)
+            return ModelEntry(name=name, path=model_dir, error=str(exc))
+        log.info(
+            "model '%s': %s, version(s) %s",
+            name,
+            versions[0].spec.platform,
+            ", ".join(v.version for v in versions),
+        )
+        return ModelEntry(name=name, path=model_dir, versions=versions)
+
+    def _versions(self, model_dir: Path) -> list[ModelVersionSource]:
+        config, fmt = load_config(model_dir)
+        config_file = model_dir / "config.pbtxt"
+        numbers = select_versions(config.version_policy, available_versions(model_dir), config_file)
+        sources = []
+        for number in numbers:
+            version = str(number)
+            source = ModelVersionSource(
+                name=config.name,
+                version=version,
+                path=model_dir / version,
+                config=config,
+                spec=config_to_spec(config, fmt, version, model_dir, config_file),
+                format=fmt,
+            )
+            if not source.model_file.is_file():
+                raise load_error(
+                    source.model_file,
+                    "",
+                    f"model file not found (expected {config.default_model_filename} in "
+                    f"version {version}, per default_model_filename in {config_file})",
+                )
+            sources.append(source)
+        return sources
+
+    def load(self, source: ModelVersionSource) -> Model:
+        """Load one version's model file; raises ModelLoadError naming the file."""
+        try:
+            model = load_model(source, allow_pickle=self.allow_pickle)
+        except ModelLoadError as exc:
+            log.error("model '%s' version %s failed to load: %s", source.name, source.version, exc)
+            raise
+        log.info(
+            "model '%s' version %s loaded from %s", source.name, source.version, source.model_file
+        )
+        return model

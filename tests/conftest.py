@@ -1,0 +1,45 @@
+"""Shared fixtures: real batchwire servers on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from batchwire.server.app import ServerThread
+
+
+@pytest.fixture(scope="session")
+def examples_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in example models exported once as a Triton-layout repository."""
+    from batchwire.examples.export import export_examples
+
+    root = tmp_path_factory.mktemp("examples-repo")
+    export_examples(root)
+    return root
+
+
+def start_server(repository: Path | None, **settings: object) -> ServerThread:
+    """Start a server on 127.0.0.1 with a free port; the caller stops it."""
+    from batchwire.server.app import ServerThread
+    from batchwire.server.settings import ServerSettings
+
+    config = ServerSettings(host="127.0.0.1", port=0, model_repository=repository, **settings)
+    return ServerThread(config).start()
+
+
+@pytest.fixture(scope="session")
+def example_server(examples_repository: Path) -> Iterator[ServerThread]:
+    """One server on the example models, shared by the whole session (read-only use)."""
+    server = start_server(examples_repository)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_address(example_server: ServerThread) -> str:
+    """``127.0.0.1:<port>`` of the shared example-model server."""
+    return example_server.address

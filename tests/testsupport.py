@@ -1,0 +1,80 @@
+"""Small helpers shared by tests (importable as `testsupport`): model repositories written on the fly, free ports."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from pathlib import Path
+
+
+def write_python_model(root: Path, name: str, config: str, source: str, version: int = 1) -> Path:
+    """Write ``<root>/<name>/config.pbtxt`` and ``<root>/<name>/<version>/model.py``."""
+    folder = root / name
+    (folder / str(version)).mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(textwrap.dedent(config))
+    (folder / str(version) / "model.py").write_text(textwrap.dedent(source))
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+ALL_DATATYPES = (
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "BF16", "FP32", "FP64", "BYTES",
+)  # fmt: skip
+
+
+def echo_model_config(name: str = "echo", max_batch_size: int = 8) -> str:
+    """A python-platform model with one input and one output per v2 datatype."""
+    lines = [f'name: "{name}"', 'backend: "python"', f"max_batch_size: {max_batch_size}"]
+    for kind in ("input", "output"):
+        for dt in ALL_DATATYPES:
+            config_type = "TYPE_STRING" if dt == "BYTES" else f"TYPE_{dt}"
+            prefix, optional = ("IN", " optional: true") if kind == "input" else ("OUT", "")
+            lines.append(
+                f'{kind} {{ name: "{prefix}_{dt}" data_type: {config_type} dims: [ -1 ]{optional} }}'
+            )
+    return "\n".join(lines) + "\n"
+
+
+ECHO_MODEL_SOURCE = '''
+import numpy as np
+
+
+class BatchwireModel:
+    """Returns every IN_<type> input as OUT_<type>; absent inputs give empty outputs."""
+
+    def load(self, spec, device, instance_index):
+        self.outputs = [t.name for t in spec.outputs]
+
+    def execute(self, inputs):
+        batch = len(next(iter(inputs.values())))
+        echoed = {"OUT_" + name[3:]: value for name, value in inputs.items()}
+        return {name: echoed.get(name, np.zeros((batch, 0))) for name in self.outputs}
+'''
+
+FAILING_MODEL_CONFIG = """
+name: "failing"
+backend: "python"
+max_batch_size: 8
+input { name: "X" data_type: TYPE_FP32 dims: [ 1 ] }
+output { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }
+"""
+
+FAILING_MODEL_SOURCE = '''
+class BatchwireModel:
+    """Doubles X, but raises when any element is negative (a poisoned request)."""
+
+    def load(self, spec, device, instance_index):
+        pass
+
+    def execute(self, inputs):
+        x = inputs["X"]
+        if bool((x < 0).any()):
+            raise ValueError("negative input is not allowed")
+        return {"Y": x * 2}
+'''
