@@ -159,7 +159,7 @@ def plot_latency_over_time(
     )
     for ax, model in zip(axes[:, 0], models, strict=True):
         series = [(s, w) for s, w in recorder.timeline([model]) if w.successes]
-        xs = [s - t0 for s, _ in series]
+        xs = [s + 0.5 - t0 for s, _ in series]
         for fraction, style in ((0.5, "-"), (0.95, "--"), (0.99, ":")):
             label = f"p{round(fraction * 100)}"
             ax.plot(xs, [w.latency.percentile_ms(fraction) for _, w in series], style, label=label)

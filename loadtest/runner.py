@@ -457,7 +457,7 @@ def run(options: LoadTestOptions, plan_: Plan | None = None) -> Outcome:
     recorder = LatencyRecorder.read(latency_path)
     start = recorder.start_time or started
     stop = recorder.stop_time or time.time()
-    since = math.floor(start + plan_.warmup_s) if plan_.warmup_s else start
+    since = math.ceil(start + plan_.warmup_s) if plan_.warmup_s else start
     window_start = max(since, start)
     evaluation = evaluate(
         plan_.spec, recorder, plan_.models, window_start=window_start, window_end=stop

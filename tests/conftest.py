@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from testsupport import start_server
 
 if TYPE_CHECKING:
     from batchwire.server.app import ServerThread
@@ -20,15 +21,6 @@ def examples_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("examples-repo")
     export_examples(root)
     return root
-
-
-def start_server(repository: Path | None, **settings: object) -> ServerThread:
-    """Start a server on 127.0.0.1 with a free port; the caller stops it."""
-    from batchwire.server.app import ServerThread
-    from batchwire.server.settings import ServerSettings
-
-    config = ServerSettings(host="127.0.0.1", port=0, model_repository=repository, **settings)
-    return ServerThread(config).start()
 
 
 @pytest.fixture(scope="session")

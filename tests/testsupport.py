@@ -5,6 +5,10 @@ from __future__ import annotations
 import socket
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchwire.server.app import ServerThread
 
 
 def write_python_model(root: Path, name: str, config: str, source: str, version: int = 1) -> Path:
@@ -78,3 +82,12 @@ class BatchwireModel:
             raise ValueError("negative input is not allowed")
         return {"Y": x * 2}
 '''
+
+
+def start_server(repository: Path | None, **settings: object) -> ServerThread:
+    """Start a server on 127.0.0.1 with a free port; the caller stops it."""
+    from batchwire.server.app import ServerThread
+    from batchwire.server.settings import ServerSettings
+
+    config = ServerSettings(host="127.0.0.1", port=0, model_repository=repository, **settings)
+    return ServerThread(config).start()

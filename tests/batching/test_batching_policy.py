@@ -181,22 +181,19 @@ def test_adaptive_waits_for_returning_clients():
     run(main())
 
 
-def test_busy_instance_accumulates_and_dispatches_when_free():
+def test_busy_instance_accumulates_and_stages_a_full_batch():
     async def main():
-        spec = make_spec(max_batch_size=16, batching=batching(max_queue_delay_us=60_000_000, adaptive_delay=False))
+        spec = make_spec(max_batch_size=16, batching=batching(max_queue_delay_us=60_000_000))
         model = TestModel(spec)
         b = await started(model)
-        model.hold_first()
-        first = asyncio.create_task(b.submit(req(0.0)))
-        await asyncio.sleep(0)
-        # fixed 60 s window: the lone first request is held; make the batch full instead
-        rest = submit_all(b, [req(float(i)) for i in range(1, 16)])
-        await until(lambda: model.entered.is_set())
-        late = submit_all(b, [req(float(i)) for i in range(16, 32)])
-        await until(lambda: b.queue_depth == 16)
+        held = await hold_instance(b, model)  # alone: dispatched at once (adaptive)
+        rest = submit_all(b, [req(float(i)) for i in range(1, 21)])
+        # 16 form a complete batch, staged on the busy instance; 4 wait in the queue
+        await until(lambda: b.queue_depth == 4)
         model.gate.set()
-        await asyncio.gather(first, *rest, *late)
-        assert model.sizes == [16, 16]
+        await asyncio.gather(held, *rest)
+        assert model.sizes == [1, 16, 4]
+        assert model.tag_batches[1] == [float(i) for i in range(1, 17)]
         await b.stop()
 
     run(main())

@@ -14,6 +14,7 @@ from testsupport import (
     FAILING_MODEL_CONFIG,
     FAILING_MODEL_SOURCE,
     echo_model_config,
+    start_server,
     write_python_model,
 )
 
@@ -43,8 +44,6 @@ def sample(datatype: str, n: int = 5) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from conftest import start_server
-
     root: Path = tmp_path_factory.mktemp("pyrepo")
     write_python_model(root, "echo", echo_model_config(), ECHO_MODEL_SOURCE)
     write_python_model(root, "failing", FAILING_MODEL_CONFIG, FAILING_MODEL_SOURCE)
