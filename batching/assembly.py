@@ -13,9 +13,12 @@ takes, on each variable axis, the longest length in the batch and is filled with
 Outputs. Every output named in the spec must come back, as a tensor or numpy array
 whose first dimension equals the batch's item count (models that batch); otherwise the
 batch fails with :class:`OutputError` naming the output, expected versus got. Each output
-is converted to numpy once per batch (``to_numpy``, the spec's datatype), reshaped from
-the spec's ``reshape`` back to ``dims`` where one is given, and split into per-request
-views along the batch axis (no copies).
+is converted to numpy once per batch (``to_numpy``, the spec's datatype) and split into
+per-request views along the batch axis (no copies).
+
+Shapes: the batch carries the config's ``dims`` (batch first); a tensor's ``reshape``
+is the runner's business (the repository's runners apply it on the way in and undo it
+on the way out), so nothing here reshapes.
 
 Ragged slicing rule. When a batch was padded, each output axis ``k`` (counting the batch
 axis as 0) that the output spec declares ``-1`` and whose size equals the padded length
@@ -90,28 +93,24 @@ class Assembler:
         self._where = f"model '{spec.name}' version '{spec.version}'"
         self.batched = spec.max_batch_size > 0
         pad_value = spec.batching.ragged_pad_value if spec.batching is not None else 0.0
-        #: (name, datatype, ragged tail axes, reshape, pad value)
-        self._inputs: list[tuple[str, str, tuple[int, ...], tuple[int, ...] | None, object]] = []
+        #: (name, ragged tail axes, pad value)
+        self._inputs: list[tuple[str, tuple[int, ...], object]] = []
         #: (name, tail axes ignored by the shape key)
         self._key_parts: list[tuple[str, tuple[int, ...]]] = []
         for t in spec.inputs:
             ragged = ()
             if self.batched and t.allow_ragged_batch:
                 ragged = tuple(i for i, d in enumerate(t.dims) if d == -1)
-            reshape = None if ragged else t.reshape
-            self._inputs.append(
-                (t.name, t.datatype, ragged, reshape, _pad_scalar(pad_value, t.datatype))
-            )
+            self._inputs.append((t.name, ragged, _pad_scalar(pad_value, t.datatype)))
             self._key_parts.append((t.name, ragged))
         #: True when every request has the same non-batch shapes: the shape key is constant.
         self.fixed_key = all(-1 not in t.dims and not t.optional for t in spec.inputs)
-        #: (name, datatype, dims to reshape back to or None, variable axes incl. batch axis)
-        self._outputs: list[tuple[str, str, tuple[int, ...] | None, tuple[int, ...]]] = []
+        #: (name, datatype, variable axes counting the batch axis)
+        self._outputs: list[tuple[str, str, tuple[int, ...]]] = []
         for t in spec.outputs:
-            target = t.dims if t.reshape is not None and t.dims.count(-1) <= 1 else None
             offset = 1 if self.batched else 0
             var_axes = tuple(i + offset for i, d in enumerate(t.dims) if d == -1)
-            self._outputs.append((t.name, t.datatype, target, var_axes))
+            self._outputs.append((t.name, t.datatype, var_axes))
         self.output_names = tuple(t.name for t in spec.outputs)
 
     # -- loop thread ---------------------------------------------------------------
@@ -148,7 +147,7 @@ class Assembler:
         host = batch.host
         present = requests[0].inputs
         real = padded = 0
-        for name, _datatype, ragged, reshape, pad in self._inputs:
+        for name, ragged, pad in self._inputs:
             if name not in present:
                 continue
             arrays = [r.inputs[name] for r in requests]
@@ -165,7 +164,7 @@ class Assembler:
             if alloc is not None and first.dtype.kind != "O":
                 out = alloc(name, (total, *first.shape[1:]), first.dtype)
             stacked = np.concatenate(arrays, axis=0, out=out)
-            host[name] = stacked if reshape is None else stacked.reshape((total, *reshape))
+            host[name] = stacked
         if padded > real > 0:
             batch.padded_size = math.ceil(total * padded / real)
         return batch
@@ -177,17 +176,14 @@ class Assembler:
         total: int,
         alloc: Allocator | None,
     ) -> AssembledBatch:
+        if alloc is None:
+            return AssembledBatch(inputs, sizes, total)
         host = {}
-        for name, _datatype, _ragged, reshape, _pad in self._inputs:
-            array = inputs.get(name)
-            if array is None:
-                continue
-            if alloc is not None and array.dtype.kind != "O":
+        for name, array in inputs.items():
+            if array.dtype.kind != "O":
                 staged = alloc(name, array.shape, array.dtype)
                 staged[...] = array
                 array = staged
-            if reshape is not None:
-                array = array.reshape((total, *reshape) if self.batched else reshape)
             host[name] = array
         return AssembledBatch(host, sizes, total)
 
@@ -239,7 +235,7 @@ class Assembler:
         total = batch.total
         converted: dict[str, np.ndarray] = {}
         var_axes_of: dict[str, tuple[int, ...]] = {}
-        for name, datatype, target, var_axes in self._outputs:
+        for name, datatype, var_axes in self._outputs:
             value = outputs.get(name)
             if value is None:
                 returned = ", ".join(sorted(map(str, outputs))) or "nothing"
@@ -261,15 +257,6 @@ class Assembler:
                         f"expected {total} (the batch's size); shape {list(shape)}"
                     )
             array = to_numpy(value, datatype)
-            if target is not None:
-                shape = (total, *target) if self.batched else target
-                try:
-                    array = array.reshape(shape)
-                except ValueError:
-                    raise OutputError(
-                        f"{self._where}: output '{name}' has shape {list(array.shape)}, "
-                        f"which does not reshape to its dims {list(shape)}"
-                    ) from None
             converted[name] = array
             var_axes_of[name] = var_axes
         names_all = self.output_names

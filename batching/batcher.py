@@ -135,6 +135,7 @@ class ModelBatcher:
         self._closed = False
         self._drained: asyncio.Event | None = None
         self._stop_done: asyncio.Future | None = None
+        self._model_closed = False
 
     # -- public API ----------------------------------------------------------------
 
@@ -170,7 +171,10 @@ class ModelBatcher:
         except BaseException as exc:
             for instance in instances:
                 instance.pool.shutdown(wait=False, cancel_futures=True)
-            if isinstance(exc, ModelLoadError) or not isinstance(exc, Exception):
+            if not isinstance(exc, Exception):
+                raise
+            await self._close_model()
+            if isinstance(exc, ModelLoadError):
                 raise
             raise ModelLoadError(
                 f"{self._where}: loading failed: {type(exc).__name__}: {exc}"
@@ -237,7 +241,10 @@ class ModelBatcher:
             raise
 
     async def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
-        """Stop accepting; finish (drain) or fail queued work; close the instances.
+        """Stop accepting; finish (drain) or fail queued work; close instances and model.
+
+        Runners with a ``close()`` method are closed in their worker thread, then
+        ``Model.close()`` is called once (also after a failed :meth:`start`).
 
         Idempotent: a second call waits for the first to finish. Work still unanswered
         after ``timeout`` seconds fails with ServerShuttingDownError.
@@ -479,6 +486,7 @@ class ModelBatcher:
         self._stopping = True
         if not self._started:
             self._closed = True
+            await self._close_model()
             return
         if not drain:
             for entry in self._queue.drain():
@@ -518,7 +526,21 @@ class ModelBatcher:
             instance.pool.shutdown(wait=not timed_out, cancel_futures=True)
             instance.runner = None
             instance.pinned.clear()
+        if timed_out:
+            logger.warning("%s: not closing the model: a batch may still be running", self._where)
+        else:
+            await self._close_model()
         logger.info("%s: stopped", self._where)
+
+    async def _close_model(self) -> None:
+        """``Model.close()``, once, off the loop: the batcher owns the model it runs."""
+        if self._model_closed:
+            return
+        self._model_closed = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._model.close)
+        except Exception:
+            logger.exception("%s: closing the model failed", self._where)
 
     def _abandon(self, timeout: float) -> None:
         """Shutdown timed out: fail everything still unanswered, in any order."""

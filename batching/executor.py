@@ -23,7 +23,8 @@ The worker thread's current device is set to the instance's device.
 Failure isolation (per batch, in the worker thread):
 
 - an exception fails only that batch's requests, with ModelExecutionError
-  ``"model 'm' version 'v' failed: <ExceptionType>: <message>"``;
+  ``"model 'm' version 'v' failed: <ExceptionType>: <message>"`` (an InferenceError
+  raised by the runner itself keeps its class, status and message);
 - CUDA out-of-memory (``torch.cuda.OutOfMemoryError`` or a RuntimeError mentioning
   "out of memory") with ``split_on_oom``: the batch is split in halves (by request),
   the CUDA cache emptied, and each half retried, recursively, before anyone fails;
@@ -223,7 +224,7 @@ class Executor:
         try:
             outputs, times, padded = self._run(instance, requests, sizes)
         except OutputError as exc:
-            self._fail(job, entries, requests, sizes, start_ns, exc.message, type(exc))
+            self._fail(job, entries, requests, sizes, start_ns, exc)
             return
         except Exception as exc:
             oom = is_oom(exc)
@@ -263,7 +264,7 @@ class Executor:
                 type(exc).__name__,
                 exc,
             )
-            self._fail(job, entries, requests, sizes, start_ns, self._error(exc).message)
+            self._fail(job, entries, requests, sizes, start_ns, self._error(exc))
             return
         in_ns, infer_ns, out_ns = times
         items = sum(sizes)
@@ -280,7 +281,15 @@ class Executor:
         if self._record:
             self._add_record(job, requests, items, padded, start_ns, times, None)
 
-    def _error(self, exc: BaseException) -> ModelExecutionError:
+    def _error(self, exc: BaseException) -> InferenceError:
+        """The error a request of a failed batch gets.
+
+        A runner that raises an InferenceError (the repository's runners do, naming what
+        was wrong) keeps its class, status and message; anything else becomes
+        ModelExecutionError "model 'm' version 'v' failed: <ExceptionType>: <message>".
+        """
+        if isinstance(exc, InferenceError):
+            return _clone(exc)
         return ModelExecutionError(f"{self._where} failed: {type(exc).__name__}: {exc}")
 
     def _fail(
@@ -290,9 +299,9 @@ class Executor:
         requests: list[InferenceRequest],
         sizes: list[int],
         start_ns: int,
-        message: str,
-        kind: type[ModelExecutionError] = ModelExecutionError,
+        error: InferenceError,
     ) -> None:
+        """Fail every request of an attempt with (its own copy of) ``error``."""
         items = sum(sizes)
         elapsed = _perf_ns() - start_ns
         for entry, request in zip(entries, requests, strict=True):
@@ -300,9 +309,9 @@ class Executor:
             timings.queue_ns = start_ns - timings.received_ns
             timings.compute_infer_ns = elapsed
             timings.batch_size = items
-            job.results.append((entry, kind(message)))
+            job.results.append((entry, _clone(error)))
         if self._record:
-            self._add_record(job, requests, items, items, start_ns, (0, elapsed, 0), kind(message))
+            self._add_record(job, requests, items, items, start_ns, (0, elapsed, 0), error)
 
     def _add_record(
         self,
@@ -378,6 +387,14 @@ class Executor:
             else:
                 inputs[name] = to_torch(array, datatype).to(device, non_blocking=True)
         return inputs
+
+
+def _clone(error: InferenceError) -> InferenceError:
+    """A fresh instance of ``error`` (each request raises its own exception object)."""
+    try:
+        return type(error)(error.message)
+    except Exception:  # a subclass with another constructor
+        return ModelExecutionError(error.message)
 
 
 def _to_host(outputs: object) -> object:

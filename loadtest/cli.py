@@ -121,7 +121,13 @@ def loadtest(
         typer.echo(line)
     verdict = "PASS" if outcome.evaluation.passed else "FAIL"
     failed = len(outcome.evaluation.failures())
-    summary = f"{verdict}: {failed} target(s) missed" if failed else f"{verdict}: every target met"
+    checked = sum(len(result.checks) for result in outcome.evaluation.results)
+    if failed:
+        summary = f"{verdict}: {failed} of {checked} target(s) missed"
+    elif checked:
+        summary = f"{verdict}: all {checked} target(s) met"
+    else:
+        summary = f"{verdict}: no targets for these models in the SLO file"
     typer.echo(f"{summary}; report: {outcome.report}")
     raise typer.Exit(outcome.exit_code)
 

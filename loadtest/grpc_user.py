@@ -137,7 +137,7 @@ class StreamTransport:
         queue: Queue = Queue()
         self._queue = queue
         self._call = self._stub.ModelStreamInfer(iter(queue.get, _CLOSE))
-        self._reader = gevent.spawn(self._read, self._call)
+        self._reader = gevent.spawn(self._read, self._call, queue)
 
     def _complete(
         self,
@@ -161,7 +161,7 @@ class StreamTransport:
         )
         done.set(exception is None)
 
-    def _read(self, call: Iterator[pb.ModelStreamInferResponse]) -> None:
+    def _read(self, call: Iterator[pb.ModelStreamInferResponse], queue: Queue) -> None:
         try:
             for response in call:
                 now = time.perf_counter()
@@ -172,17 +172,20 @@ class StreamTransport:
                     )
                 else:
                     self._complete(request_id, None, response.ByteSize(), now)
-            failure: InferenceFailure | None = InferenceFailure(
-                "UNAVAILABLE", "stream closed by the server"
-            )
+            failure = InferenceFailure("UNAVAILABLE", "stream closed by the server")
         except grpc.RpcError as error:
             failure = _rpc_failure(error)
-            if failure.code == "CANCELLED" and self._call is not call:
-                failure = None  # we closed it
-        if self._call is call:
-            self._call = None
+        queue.put(_CLOSE)  # ends gRPC's request-iterator consumer for this stream
+        if self._call is not call:
+            # We closed it (the user is stopping): whatever is still pending was
+            # abandoned by the end of the test, not failed by the server.
+            for _, _, done in self._pending.values():
+                done.set(False)
+            self._pending.clear()
+            return
+        self._call = None
         for request_id in list(self._pending):
-            self._complete(request_id, failure or InferenceFailure("CANCELLED", "stream closed"))
+            self._complete(request_id, failure)
 
     def infer(self, name: str, request: pb.ModelInferRequest) -> None:
         if self._call is None:

@@ -17,6 +17,7 @@ before any request otherwise.
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from typing import Any
@@ -137,6 +138,9 @@ def _on_test_start(environment: Any, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         recorder.start_time = recorder.start_time or time.time()
         return
+    # A new test (the web UI can run several): start from empty histograms.
+    recorder.seconds.clear()
+    recorder.users.clear()
     recorder.start_time = time.time()
     recorder.stop_time = None
     if _sampler is None:
@@ -161,6 +165,24 @@ def _write_latency_file(environment: Any, **_: Any) -> None:
     recorder.write(path)
     kind = "master" if isinstance(environment.runner, MasterRunner) else "local"
     log.info("batchwire latency histograms (%s) written to %s", kind, path)
+
+
+@events.quitting.add_listener
+def _write_final_locust_csv(environment: Any, **_: Any) -> None:
+    """Locust rewrites its ``--csv`` stats once a second but not at exit, so the
+    files can miss the last second; write the final totals (they no longer change)."""
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if not prefix or isinstance(environment.runner, WorkerRunner):
+        return
+    from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (
+        ("_stats.csv", writer.requests_csv),
+        ("_failures.csv", writer.failures_csv),
+    ):
+        with open(f"{prefix}{suffix}", "w", newline="") as handle:
+            write(csv.writer(handle))
 
 
 class ExampleModelsUser(BatchwireUser):

@@ -133,7 +133,7 @@ def plot_throughput(
         ax2 = ax.twinx()
         seconds = sorted(users)
         ax2.step(
-            [s - t0 for s in seconds],
+            [max(s - t0, 0.0) for s in seconds],
             [users[s] for s in seconds],
             "k:",
             where="post",

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -24,6 +25,10 @@ from batchwire.server.registry import ModelRegistry
 from batchwire.server.repository import ModelRepository
 from batchwire.server.servicer import InferenceServicer
 from batchwire.server.settings import ServerSettings
+from batchwire.telemetry import Telemetry, TraceConfig
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +45,15 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class BatchwireServer:
     """One gRPC server serving one model repository."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(
+        self, settings: ServerSettings, *, span_exporter: SpanExporter | None = None
+    ) -> None:
+        """``span_exporter`` replaces the one the settings name (tests, embedding)."""
         self.settings = settings
+        self._span_exporter = span_exporter
         self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.telemetry: Telemetry | None = None
         self.registry: ModelRegistry | None = None
         self._server: grpc.aio.Server | None = None
         self._health: HealthReporter | None = None
@@ -82,9 +93,19 @@ class BatchwireServer:
             allow_pickle=settings.allow_pickled_models,
             intra_op_threads=settings.intra_op_threads,
         )
-        self.registry = ModelRegistry(repository)
+        trace_config = TraceConfig.resolve(
+            mode=settings.trace_mode,
+            rate=settings.trace_rate,
+            exporter=settings.trace_exporter,
+            endpoint=settings.trace_endpoint,
+            service_name=settings.server_name,
+        )
+        telemetry = self.telemetry = Telemetry(trace_config, span_exporter=self._span_exporter)
+        self.registry = ModelRegistry(repository, observer_factory=telemetry.observer_factory)
         dataplane = DataPlane(self.registry)
-        self._servicer = InferenceServicer(dataplane, server_name=settings.server_name)
+        self._servicer = InferenceServicer(
+            dataplane, server_name=settings.server_name, telemetry=telemetry
+        )
         self._health = HealthReporter(self.registry)
         limit = settings.max_message_bytes
         server = grpc.aio.server(
@@ -104,6 +125,8 @@ class BatchwireServer:
         if not self.port:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
         self._server = server
+        if settings.metrics_port:
+            self.metrics_port = telemetry.start_metrics(settings.host, settings.metrics_port)
         await server.start()
         await self._health.set_server(False)
         log.info("batchwire listening on %s:%d", settings.host, self.port)
@@ -124,6 +147,8 @@ class BatchwireServer:
             await self._server.stop(grace)
         if self.registry is not None:
             await self.registry.close()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.close)
         if self._examples_dir is not None:
             shutil.rmtree(self._examples_dir, ignore_errors=True)
             self._examples_dir = None
@@ -137,8 +162,10 @@ class BatchwireServer:
 class ServerThread:
     """A :class:`BatchwireServer` running on its own event loop in a daemon thread."""
 
-    def __init__(self, settings: ServerSettings) -> None:
-        self.server = BatchwireServer(settings)
+    def __init__(
+        self, settings: ServerSettings, *, span_exporter: SpanExporter | None = None
+    ) -> None:
+        self.server = BatchwireServer(settings, span_exporter=span_exporter)
         self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._run, name="batchwire-server", daemon=True)
         self._started = threading.Event()
@@ -167,6 +194,12 @@ class ServerThread:
     @property
     def address(self) -> str:
         return self.server.address
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port/metrics`` when the metrics endpoint is on."""
+        port = self.server.metrics_port
+        return None if port is None else f"http://{self.server.address.rsplit(':', 1)[0]}:{port}/metrics"
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop the server and its thread (idempotent)."""

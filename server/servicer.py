@@ -10,11 +10,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
 
 import grpc
+from google.protobuf import json_format
 
 from batchwire import __version__
-from batchwire.core.errors import InferenceError, ModelNotFoundError
+from batchwire.core.errors import (
+    InferenceError,
+    InvalidInputError,
+    ModelNotFoundError,
+    UnsupportedError,
+)
 from batchwire.core.validation import expected_shape
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
@@ -23,10 +30,27 @@ from batchwire.server.dataplane import DataPlane
 from batchwire.server.registry import ServedModel
 from batchwire.server.status import GRPC_STATUS
 
+if TYPE_CHECKING:
+    from batchwire.telemetry import Telemetry
+    from batchwire.telemetry.tracing import RequestSpan
+
 log = logging.getLogger(__name__)
 
 #: Triton protocol extensions this servicer implements (ServerMetadata reports them).
 BASE_EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "parameters")
+#: Extensions added when the servicer has a Telemetry (ModelStatistics, TraceSetting, LogSettings).
+TELEMETRY_EXTENSIONS = ("statistics", "trace", "logging")
+
+_perf_ns = time.perf_counter_ns
+
+
+_UNREAD = object()
+
+
+class _NoTracing:
+    """Stands in for Tracing when the servicer has no telemetry."""
+
+    armed = False
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -43,11 +67,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         *,
         server_name: str = "batchwire",
         extensions: Iterable[str] = BASE_EXTENSIONS,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.registry = dataplane.registry
         self.server_name = server_name
         self.extensions = list(extensions)
+        self.telemetry = telemetry
+        #: Per request the servicer tests ``self.tracing.armed`` and nothing else when it is False.
+        self.tracing = telemetry.tracing if telemetry is not None else _NoTracing()
+        if telemetry is not None:
+            self.extensions += [e for e in TELEMETRY_EXTENSIONS if e not in self.extensions]
         self.accepting = True
 
     # Health and metadata -------------------------------------------------
@@ -103,14 +133,62 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # Inference -----------------------------------------------------------
 
-    async def _infer(self, msg: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+    async def _infer(
+        self,
+        msg: pb.ModelInferRequest,
+        deadline: float | None,
+        span: RequestSpan | None = None,
+    ) -> pb.ModelInferResponse:
         served = self.dataplane.resolve(msg.model_name, msg.model_version)
-        request, datatypes = decode_infer_request(msg, served.spec, deadline)
-        result = await self.dataplane.infer(served, request, datatypes)
+        request = None
+        try:
+            request, datatypes = decode_infer_request(msg, served.spec, deadline)
+            if span is not None:
+                span.request = request
+                span.version = served.version
+                request.trace_context = span.context
+            result = await self.dataplane.infer(served, request, datatypes)
+        except (InvalidInputError, UnsupportedError) as exc:
+            # The batcher stamps received_ns when it takes a request and reports every
+            # failure from then on; these failed before (decode, validation).
+            if self.telemetry is not None and (request is None or not request.timings.received_ns):
+                self.telemetry.request_rejected(served.name, served.version, exc)
+            raise
+        if span is not None:
+            span.send_ns = _perf_ns()
         return encode_infer_response(served.spec, msg.id, result)
+
+    async def _infer_traced(
+        self, msg: pb.ModelInferRequest, deadline: float | None, span: RequestSpan
+    ) -> pb.ModelInferResponse:
+        """:meth:`_infer` inside ``span`` (current for logging), then record its spans."""
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace as otel_trace
+
+        token = otel_context.attach(
+            otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(span.context))
+        )
+        try:
+            response = await self._infer(msg, deadline, span)
+        except BaseException as exc:
+            self.tracing.finish(span, exc)
+            raise
+        finally:
+            otel_context.detach(token)
+        self.tracing.finish(span)
+        return response
 
     async def ModelInfer(self, request, context):
         try:
+            tracing = self.tracing
+            if tracing.armed:
+                span = tracing.start(
+                    request.model_name,
+                    tracing.extract(context.invocation_metadata()),
+                    "ModelInfer",
+                )
+                if span is not None:
+                    return await self._infer_traced(request, _deadline(context), span)
             return await self._infer(request, _deadline(context))
         except InferenceError as exc:
             await context.abort(GRPC_STATUS[exc.code], exc.message)
@@ -157,13 +235,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 done.put_nowait(None)
 
         tasks: set[asyncio.Task] = set()
+        tracing = self.tracing
+        parent: object = _UNREAD  # the caller's span context, read once per stream
+
+        def infer(msg: pb.ModelInferRequest):  # type: ignore[no-untyped-def]
+            nonlocal parent
+            if tracing.armed:
+                if parent is _UNREAD:
+                    parent = tracing.extract(context.invocation_metadata())
+                span = tracing.start(msg.model_name, parent, "ModelStreamInfer")
+                if span is not None:
+                    return self._infer_traced(msg, deadline, span)
+            return self._infer(msg, deadline)
 
         async def read() -> None:
             nonlocal in_flight, reading
             try:
                 async for msg in request_iterator:
                     in_flight += 1
-                    task = asyncio.ensure_future(self._infer(msg, deadline))
+                    task = asyncio.ensure_future(infer(msg))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     task.add_done_callback(lambda t, m=msg: finish(t, m))
@@ -218,19 +308,86 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
         return pb.RepositoryModelUnloadResponse()
 
+    # Observability -------------------------------------------------------
+
+    async def ModelStatistics(self, request, context):
+        telemetry = self.telemetry
+        if telemetry is None:
+            await self._unsupported(context, "ModelStatistics", "statistics are not collected")
+        if request.name:
+            try:
+                self.registry.find(request.name, request.version)
+            except ModelNotFoundError as exc:
+                await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
+            except InferenceError:
+                pass  # known but not loadable: reported with whatever it collected
+            versions = [request.version] if request.version else self.registry.versions(request.name)
+            keys = [(request.name, v) for v in versions]
+        else:
+            keys = [(row.name, row.version) for row in self.registry.index() if row.version]
+        response = pb.ModelStatisticsResponse()
+        for name, version in keys:
+            stats = telemetry.statistics(name, version)
+            if stats is not None:
+                json_format.ParseDict(stats, response.model_stats.add())
+        return response
+
+    async def TraceSetting(self, request, context):
+        telemetry = self.telemetry
+        if telemetry is None:
+            await self._unsupported(context, "TraceSetting", "tracing is not available")
+        from batchwire.telemetry.tracing import TraceSettingError
+
+        model = request.model_name
+        if model:
+            try:
+                self.registry.find(model)
+            except ModelNotFoundError as exc:
+                await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
+            except InferenceError:
+                pass
+        tracing = telemetry.tracing
+        try:
+            if request.settings:
+                changes = {key: list(value.value) for key, value in request.settings.items()}
+                settings = tracing.update_settings(model, changes)
+                log.info("trace settings%s updated: %s", f" of '{model}'" if model else "", changes)
+            else:
+                settings = tracing.get_settings(model)
+        except TraceSettingError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        response = pb.TraceSettingResponse()
+        for key, values in settings.items():
+            response.settings[key].value.extend(values)
+        return response
+
+    async def LogSettings(self, request, context):
+        telemetry = self.telemetry
+        if telemetry is None:
+            await self._unsupported(context, "LogSettings", "set the level with --log-level")
+        from batchwire.telemetry.logs import LogSettingError
+
+        try:
+            if request.settings:
+                changes = {}
+                for key, value in request.settings.items():
+                    choice = value.WhichOneof("parameter_choice")
+                    changes[key] = None if choice is None else getattr(value, choice)
+                settings = telemetry.logs.update(changes)
+            else:
+                settings = telemetry.logs.get()
+        except LogSettingError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        response = pb.LogSettingsResponse()
+        for key, value in settings.items():
+            field = {bool: "bool_param", int: "uint32_param", str: "string_param"}[type(value)]
+            setattr(response.settings[key], field, value)
+        return response
+
     # Not implemented -----------------------------------------------------
 
     async def _unsupported(self, context, what: str, hint: str) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"batchwire does not implement {what}; {hint}")
-
-    async def ModelStatistics(self, request, context):
-        await self._unsupported(context, "ModelStatistics", "statistics are not collected")
-
-    async def TraceSetting(self, request, context):
-        await self._unsupported(context, "TraceSetting", "tracing is not available")
-
-    async def LogSettings(self, request, context):
-        await self._unsupported(context, "LogSettings", "set the level with --log-level")
 
     async def SystemSharedMemoryStatus(self, request, context):
         await self._shared_memory(context)

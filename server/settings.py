@@ -26,6 +26,17 @@ class ServerSettings:
     #: Seconds in-flight requests get to finish on shutdown.
     shutdown_grace: float = 10.0
     server_name: str = "batchwire"
+    #: Prometheus /metrics port on ``host``; 0 disables the endpoint.
+    metrics_port: int = 0
+    #: Tracing: "off" | "ratio" | "always"; None follows OTEL_TRACES_SAMPLER (default off).
+    trace_mode: str | None = None
+    #: Fraction of requests without a sampled parent traced in "ratio" mode
+    #: (None: OTEL_TRACES_SAMPLER_ARG, else 0.1).
+    trace_rate: float | None = None
+    #: "otlp-grpc" | "otlp-http" | "console" | "none"; None follows OTEL_TRACES_EXPORTER.
+    trace_exporter: str | None = None
+    #: Collector endpoint; None lets the exporter read OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT.
+    trace_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -34,3 +45,14 @@ class ServerSettings:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
         if self.intra_op_threads is not None and self.intra_op_threads < 1:
             raise ValueError(f"intra_op_threads must be >= 1, got {self.intra_op_threads}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+        if self.trace_mode is not None and self.trace_mode not in ("off", "ratio", "always"):
+            raise ValueError(f"trace_mode must be off, ratio or always, got '{self.trace_mode}'")
+        if self.trace_rate is not None and not 0.0 <= self.trace_rate <= 1.0:
+            raise ValueError(f"trace_rate must be in [0, 1], got {self.trace_rate}")
+        exporters = ("otlp-grpc", "otlp-http", "console", "none")
+        if self.trace_exporter is not None and self.trace_exporter not in exporters:
+            raise ValueError(
+                f"trace_exporter must be one of {', '.join(exporters)}, got '{self.trace_exporter}'"
+            )

@@ -53,7 +53,9 @@ class Call:
 
     def __init__(self, instance: int, inputs: dict) -> None:
         self.instance = instance
-        self.inputs = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        self.inputs = {
+            k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()
+        }
         x = self.inputs.get("INPUT0")
         self.size = int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim else 1
         #: First value of each row: the tests tag requests with it.
@@ -77,9 +79,9 @@ class Runner:
             model.calls.append(call)
         model.entered.set()
         x = inputs["INPUT0"]
-        if model.block_on is not None and model.block_on(call):
-            if not model.gate.wait(timeout=20):
-                raise RuntimeError("test gate never opened")
+        blocked = model.block_on is not None and model.block_on(call)
+        if blocked and not model.gate.wait(timeout=20):
+            raise RuntimeError("test gate never opened")
         if model.oom_above is not None and call.size > model.oom_above:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
         if isinstance(x, torch.Tensor) and bool((x == POISON).any()):
@@ -111,6 +113,7 @@ class TestModel:
         self.behaviour: Callable[[dict], dict] | None = kw.get("behaviour")
         self.fail_create: bool = kw.get("fail_create", False)
         self.closed: list[int] = []
+        self.model_closed = 0
         self.created: list[tuple[str, int]] = []
 
     def create_runner(self, device: torch.device, instance_index: int) -> Runner:
@@ -120,7 +123,7 @@ class TestModel:
         return Runner(self, device, instance_index)
 
     def close(self) -> None:
-        return None
+        self.model_closed += 1
 
     def hold_first(self) -> None:
         """Block the first call (the one carrying tag 0.0) until ``gate`` is set."""
@@ -205,3 +208,12 @@ async def hold_instance(batcher, model: TestModel) -> asyncio.Task:
 
 def submit_all(batcher, requests) -> list[asyncio.Task]:
     return [asyncio.create_task(batcher.submit(r)) for r in requests]
+
+
+async def admitted(batcher, count: int) -> None:
+    """Wait until ``count`` requests are inside the batcher (queued, staged or running).
+
+    Queue depth alone is not enough: a complete batch may already be staged on a busy
+    instance (pipelining).
+    """
+    await until(lambda: batcher._in_flight == count)

@@ -10,6 +10,7 @@ import pytest
 from batching_testkit import (
     RecordingObserver,
     TestModel,
+    admitted,
     batching,
     hold_instance,
     make_spec,
@@ -43,7 +44,7 @@ def test_priority_order_higher_level_first_default_for_zero():
         tasks = []
         for tag, priority in ((1.0, 3), (2.0, 1), (3.0, 2), (4.0, 0), (5.0, 1)):
             tasks.append(asyncio.create_task(b.submit(req(tag, priority=priority))))
-            await until(lambda n=len(tasks): b.queue_depth == n)
+            await admitted(b, len(tasks) + 1)
         model.gate.set()
         await asyncio.gather(held, *tasks)
         # level 1 (2, 5), then level 2 (3, then 4 which used the default level 2), then 3.
@@ -149,7 +150,9 @@ def test_per_level_policy_applies_to_its_level_only():
     async def main():
         strict = QueuePolicy(default_timeout_us=10_000)
         model = TestModel(
-            one_at_a_time(priority_levels=2, default_priority_level=1, priority_queue_policy={2: strict})
+            one_at_a_time(
+                priority_levels=2, default_priority_level=1, priority_queue_policy={2: strict}
+            )
         )
         b = await started(model)
         held = await hold_instance(b, model)
@@ -275,6 +278,30 @@ def test_queue_changed_reports_depth_per_level():
         assert obs.depths[:2] == [(2, 1), (2, 0)]
         assert obs.depths[2:4] == [(1, 1), (2, 1)]
         assert sorted(obs.depths[4:]) == [(1, 0), (2, 0)]
+        await b.stop()
+
+    run(main())
+
+
+def test_staged_batch_skips_cancelled_and_expired_requests():
+    async def main():
+        model = TestModel(make_spec(max_batch_size=3, batching=batching()))
+        b = await started(model)
+        held = await hold_instance(b, model)
+        soon = time.monotonic() + 0.05
+        cancelled, expired, kept = submit_all(b, [req(1.0), req(2.0, deadline=soon), req(3.0)])
+        await admitted(b, 4)
+        assert b.queue_depth == 0  # a complete batch of 3, staged behind the held one
+        cancelled.cancel()
+        await asyncio.sleep(0.1)  # past the deadline of request 2
+        model.gate.set()
+        with pytest.raises(DeadlineExceededError):
+            await expired
+        assert (await kept).outputs["OUTPUT0"][0, 0] == 6.0
+        await held
+        assert cancelled.cancelled()
+        # neither the cancelled nor the expired request reached the model
+        assert model.tag_batches == [[0.0], [3.0]]
         await b.stop()
 
     run(main())

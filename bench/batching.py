@@ -1,0 +1,201 @@
+"""Batching benchmark: served throughput and latency against same-run references.
+
+``python -m batchwire.bench.batching [--out results/bench] [--seconds 4] [--quick]``
+
+It starts ``batchwire serve`` on the example models in a subprocess, drives it
+with a closed-loop gRPC load generator in this process, and measures, in the
+same run:
+
+1. ``cnn`` served throughput at saturation vs the raw TorchScript model in a
+   plain torch loop at the served mean batch size (target >= 0.90);
+2. ``mlp`` served vs the ``null`` model (same inputs, no compute) served by the
+   same server under the same load (target >= 0.85);
+3. latency with one request in flight: served ``mlp`` p50 minus the raw model's
+   batch-1 latency (target <= 0.5 ms);
+4. a concurrency sweep per model: throughput, p50/p99 and mean batch size.
+
+It writes ``batching.json`` and ``batching.png`` into ``--out`` and prints the
+three ratios. Targets are reported, never asserted: the figures depend on the
+machine, and on 2 cores the load generator competes with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from batchwire.bench.loadgen import build_request, run_load
+from batchwire.bench.raw import load_torchscript, raw_latency_ms, raw_throughput
+from batchwire.bench.server_process import ServerProcess
+
+TARGETS = {"cnn_served_over_raw": 0.90, "mlp_over_null": 0.85, "low_load_overhead_ms": 0.5}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    seconds: float
+    warmup: float
+    sweep: tuple[int, ...]
+    sweep_models: tuple[str, ...]
+    saturation: int
+
+
+FULL = Plan(4.0, 1.0, (1, 2, 4, 8, 16, 32, 64), ("mlp", "cnn", "text"), 64)
+QUICK = Plan(0.6, 0.3, (1, 8), ("mlp",), 16)
+
+
+def sample_inputs(model: str, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if model in ("mlp", "null"):
+        return {"INPUT__0": rng.standard_normal((1, 64), dtype=np.float32)}
+    if model == "cnn":
+        return {"INPUT__0": rng.standard_normal((1, 3, 64, 64), dtype=np.float32)}
+    return {"TOKENS": rng.integers(1, 1000, (1, 16), dtype=np.int64)}
+
+
+def _statistics(address: str, model: str) -> tuple[int, int] | None:
+    """(inference_count, execution_count) from ModelStatistics, or None if unsupported."""
+    import grpc
+
+    from batchwire.protos import grpc_service_pb2 as pb
+    from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=5)
+        except grpc.RpcError:
+            return None
+    if not stats.model_stats:
+        return None
+    return stats.model_stats[0].inference_count, stats.model_stats[0].execution_count
+
+
+def measure(address: str, model: str, concurrency: int, plan: Plan) -> dict:
+    """One load window; adds the mean batch size when the server reports statistics."""
+    request = build_request(model, sample_inputs(model))
+    before = _statistics(address, model)
+    result = run_load(
+        address, request, items_per_request=1, concurrency=concurrency, seconds=plan.seconds, warmup=plan.warmup
+    )
+    after = _statistics(address, model)
+    row = {"model": model, **result.summary(), "mean_batch": None}
+    if before and after and after[1] > before[1]:
+        row["mean_batch"] = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+    return row
+
+
+def run(out: Path, plan: Plan) -> dict:
+    from batchwire.examples.export import export_examples
+
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="batchwire-bench-") as tmp:
+        repo = Path(tmp)
+        export_examples(repo)
+        started = time.time()
+        with ServerProcess(repo, log_path=out / "server.log") as server:
+            address = server.address
+            low = measure(address, "mlp", 1, plan)
+            mlp = measure(address, "mlp", 32, plan)
+            null = measure(address, "null", 32, plan)
+            cnn = measure(address, "cnn", plan.saturation, plan)
+            sweep = [measure(address, m, c, plan) for m in plan.sweep_models for c in plan.sweep]
+        # The raw references run after the server has gone, on an idle machine.
+        mlp_module = load_torchscript(repo / "mlp" / "1" / "model.pt")
+        raw_mlp_ms = raw_latency_ms(mlp_module, sample_inputs("mlp")["INPUT__0"])
+        cnn_module = load_torchscript(repo / "cnn" / "1" / "model.pt")
+        served_batch = max(1, round(cnn["mean_batch"] or 32))
+        cnn_sample = torch.from_numpy(sample_inputs("cnn")["INPUT__0"])
+        raw_cnn = raw_throughput(cnn_module, cnn_sample.repeat(served_batch, 1, 1, 1), plan.seconds)
+        raw_cnn_max = raw_throughput(cnn_module, cnn_sample.repeat(32, 1, 1, 1), plan.seconds)
+
+    ratios = {
+        "cnn_served_over_raw": round(cnn["throughput"] / raw_cnn, 3),
+        "mlp_over_null": round(mlp["throughput"] / null["throughput"], 3),
+        "low_load_overhead_ms": round(low["p50_ms"] - raw_mlp_ms, 3),
+    }
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "plan": {"seconds": plan.seconds, "warmup": plan.warmup, "sweep": list(plan.sweep)},
+        "ratios": ratios,
+        "targets": TARGETS,
+        "met": {
+            "cnn_served_over_raw": ratios["cnn_served_over_raw"] >= TARGETS["cnn_served_over_raw"],
+            "mlp_over_null": ratios["mlp_over_null"] >= TARGETS["mlp_over_null"],
+            "low_load_overhead_ms": ratios["low_load_overhead_ms"] <= TARGETS["low_load_overhead_ms"],
+        },
+        "references": {
+            "raw_cnn_items_per_s_at_served_batch": round(raw_cnn, 1),
+            "served_cnn_batch": served_batch,
+            "raw_cnn_items_per_s_at_batch_32": round(raw_cnn_max, 1),
+            "raw_mlp_batch1_ms": round(raw_mlp_ms, 4),
+        },
+        "windows": {"low_load_mlp": low, "mlp_c32": mlp, "null_c32": null, "cnn_saturation": cnn},
+        "sweep": sweep,
+    }
+    (out / "batching.json").write_text(json.dumps(report, indent=2))
+    plot(sweep, out / "batching.png")
+    return report
+
+
+def plot(sweep: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for model in dict.fromkeys(row["model"] for row in sweep):
+        rows = [r for r in sweep if r["model"] == model]
+        xs = [r["concurrency"] for r in rows]
+        left.plot(xs, [r["throughput"] for r in rows], marker="o", label=model)
+        right.plot(xs, [r["p99_ms"] for r in rows], marker="o", label=model)
+    for axis, title, label in (
+        (left, "Throughput", "inferences / s"),
+        (right, "p99 latency", "ms"),
+    ):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent requests")
+        axis.set_ylabel(label)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--seconds", type=float, default=None, help="measurement window per point")
+    parser.add_argument("--quick", action="store_true", help="a few seconds in all (smoke test)")
+    ns = parser.parse_args(argv)
+    plan = QUICK if ns.quick else FULL
+    if ns.seconds:
+        plan = Plan(ns.seconds, plan.warmup, plan.sweep, plan.sweep_models, plan.saturation)
+    report = run(ns.out, plan)
+    for key, value in report["ratios"].items():
+        verdict = "met" if report["met"][key] else "MISSED"
+        print(f"{key}: {value} (target {TARGETS[key]}, {verdict})")
+    print(f"wrote {ns.out / 'batching.json'} and {ns.out / 'batching.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""A closed-loop gRPC load generator: C workers, each sending its next request on reply.
+
+Requests are encoded once up front, so the generator spends its CPU on gRPC,
+not on building messages (on 2 cores it shares the machine with the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from batchwire.protos import grpc_service_pb2 as pb
+from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
+
+
+@dataclass(slots=True)
+class LoadResult:
+    """What one load window measured."""
+
+    concurrency: int
+    seconds: float
+    requests: int
+    items: int
+    errors: int
+    latencies_ms: list[float] = field(repr=False)
+
+    @property
+    def throughput(self) -> float:
+        """Items (not requests) answered per second."""
+        return self.items / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            "concurrency": self.concurrency,
+            "seconds": round(self.seconds, 3),
+            "requests": self.requests,
+            "items": self.items,
+            "errors": self.errors,
+            "throughput": round(self.throughput, 1),
+            "p50_ms": round(self.percentile(50), 3),
+            "p99_ms": round(self.percentile(99), 3),
+        }
+
+
+def build_request(model: str, inputs: dict[str, np.ndarray]) -> pb.ModelInferRequest:
+    """A raw-contents ModelInferRequest for ``inputs`` (FP32 / INT64 arrays)."""
+    request = pb.ModelInferRequest(model_name=model)
+    for name, array in inputs.items():
+        datatype = {"float32": "FP32", "int64": "INT64"}[str(array.dtype)]
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    return request
+
+
+async def _drive(
+    address: str, request: pb.ModelInferRequest, items: int, concurrency: int, warmup: float, seconds: float
+) -> LoadResult:
+    options = [("grpc.max_receive_message_length", 2**31 - 1)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        latencies: list[float] = []
+        errors = 0
+        start = time.perf_counter()
+        measure_from = start + warmup
+        stop_at = measure_from + seconds
+        counted = 0
+
+        async def worker() -> None:
+            nonlocal errors, counted
+            while (now := time.perf_counter()) < stop_at:
+                try:
+                    await infer(request)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                done = time.perf_counter()
+                if now >= measure_from:
+                    latencies.append((done - now) * 1e3)
+                    counted += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - measure_from
+    return LoadResult(concurrency, elapsed, counted, counted * items, errors, latencies)
+
+
+def run_load(
+    address: str,
+    request: pb.ModelInferRequest,
+    *,
+    items_per_request: int,
+    concurrency: int,
+    seconds: float,
+    warmup: float = 0.5,
+) -> LoadResult:
+    """Keep ``concurrency`` requests in flight for ``warmup + seconds``; measure the last ``seconds``."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(_drive(address, request, items_per_request, concurrency, warmup, seconds))

@@ -1,0 +1,292 @@
+"""Prometheus metrics: Triton-compatible ``nv_*`` names plus ``batchwire_*`` histograms.
+
+Nothing is updated per request here: the families are built at scrape time
+from the :class:`~batchwire.telemetry.stats.ModelStats` counters the observers
+keep, so the request path pays for plain integer additions only (no metric
+objects, no label lookups, no locks).
+
+The text is Prometheus' exposition format 0.0.4, written here rather than by
+``prometheus_client.generate_latest`` because Triton's counters carry no
+``_total`` suffix (``nv_inference_request_success``), which prometheus-client
+would add. Process metrics (CPU, memory, file descriptors) come from
+prometheus-client's own collectors and are appended.
+
+``/metrics`` is served by a small threaded HTTP server on its own port.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
+
+from batchwire import __version__
+from batchwire.telemetry.gpu import GpuMonitor
+from batchwire.telemetry.stats import (
+    BATCH_SIZE_BUCKETS,
+    LATENCY_BUCKETS_S,
+    TRITON_REASON_LABELS,
+    ModelStats,
+    triton_reason,
+)
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(slots=True)
+class Family:
+    """One metric family: ``samples`` are (sample name, labels, value)."""
+
+    name: str
+    type: str
+    help: str
+    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
+
+    def add(self, labels: dict[str, str], value: float, suffix: str = "") -> None:
+        self.samples.append((self.name + suffix, labels, value))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(families: Iterable[Family]) -> str:
+    """Families in the Prometheus text format 0.0.4."""
+    out: list[str] = []
+    for family in families:
+        out.append(f"# HELP {family.name} {family.help}\n")
+        out.append(f"# TYPE {family.name} {family.type}\n")
+        for name, labels, value in family.samples:
+            if labels:
+                text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+                out.append(f"{name}{{{text}}} {floatToGoString(value)}\n")
+            else:
+                out.append(f"{name} {floatToGoString(value)}\n")
+    return "".join(out)
+
+
+def _histogram(
+    family: Family,
+    labels: dict[str, str],
+    counts: list[int],
+    bounds: Iterable[float],
+    total: float,
+) -> None:
+    cumulative = 0
+    for bound, count in zip(bounds, counts, strict=False):
+        cumulative += count
+        family.add({**labels, "le": floatToGoString(bound)}, cumulative, "_bucket")
+    cumulative += counts[-1]
+    family.add({**labels, "le": "+Inf"}, cumulative, "_bucket")
+    family.add(labels, total, "_sum")
+    family.add(labels, cumulative, "_count")
+
+
+#: (name, help) of the Triton-compatible per-model counters, in exposition order.
+_TRITON_COUNTERS = (
+    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes"),
+    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes"),
+    ("nv_inference_count", "Number of inferences performed (does not include cached requests)"),
+    ("nv_inference_exec_count", "Number of model executions performed (does not include cached requests)"),
+    ("nv_inference_request_duration_us", "Cumulative successful inference request duration in microseconds (includes cached requests)"),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds (includes cached requests)"),
+    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds (does not include cached requests)"),
+    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)"),
+    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds (does not include cached requests)"),
+)  # fmt: skip
+
+
+class MetricsCollector:
+    """Builds every metric family from the current model statistics (any thread)."""
+
+    def __init__(
+        self,
+        stats: Callable[[], list[ModelStats]],
+        *,
+        gpu: GpuMonitor | None = None,
+        process_metrics: bool = True,
+    ) -> None:
+        self._stats = stats
+        self._gpu = gpu
+        self._process: CollectorRegistry | None = None
+        if process_metrics:
+            registry = CollectorRegistry(auto_describe=False)
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+            self._process = registry
+
+    def families(self) -> list[Family]:
+        counters = {name: Family(name, "counter", text) for name, text in _TRITON_COUNTERS}
+        pending = Family(
+            "nv_inference_pending_request_count",
+            "gauge",
+            "Instantaneous number of pending requests awaiting execution per-model.",
+        )
+        request_h = Family(
+            "batchwire_request_duration_seconds",
+            "histogram",
+            "Successful request latency in the server, from entering the batcher to the answer.",
+        )
+        queue_h = Family(
+            "batchwire_queue_duration_seconds",
+            "histogram",
+            "Time successful requests waited in the queue before their batch started.",
+        )
+        compute_h = Family(
+            "batchwire_compute_duration_seconds",
+            "histogram",
+            "Compute time of each executed batch (input + infer + output).",
+        )
+        batch_h = Family(
+            "batchwire_batch_size", "histogram", "Items per executed batch (sum of batch dimensions)."
+        )
+        depth = Family(
+            "batchwire_queue_depth", "gauge", "Requests queued per model version and priority level."
+        )
+        failures = Family(
+            "batchwire_request_failures_total",
+            "counter",
+            "Failed requests by batchwire reason (rejected, timeout, cancelled, deadline_exceeded, "
+            "backend, invalid_argument, unavailable, ...).",
+        )
+        c = counters
+        for stats in self._stats():
+            labels = {"model": stats.model, "version": stats.version}
+            by_reason = dict(stats.failures)
+            c["nv_inference_request_success"].add(labels, stats.success_count)
+            triton = dict.fromkeys(TRITON_REASON_LABELS, 0)
+            for reason, count in by_reason.items():
+                triton[triton_reason(reason)] += count
+                failures.add({**labels, "reason": reason}, count)
+            for reason, count in triton.items():
+                c["nv_inference_request_failure"].add({**labels, "reason": reason}, count)
+            c["nv_inference_count"].add(labels, stats.inference_count)
+            c["nv_inference_exec_count"].add(labels, stats.execution_count)
+            c["nv_inference_request_duration_us"].add(labels, stats.success_ns // 1000)
+            c["nv_inference_queue_duration_us"].add(labels, stats.queue_ns // 1000)
+            c["nv_inference_compute_input_duration_us"].add(labels, stats.compute_input_ns // 1000)
+            c["nv_inference_compute_infer_duration_us"].add(labels, stats.compute_infer_ns // 1000)
+            c["nv_inference_compute_output_duration_us"].add(
+                labels, stats.compute_output_ns // 1000
+            )
+            levels = dict(stats.depth)
+            pending.add(labels, sum(levels.values()))
+            for level, count in sorted(levels.items()):
+                depth.add({**labels, "priority": str(level)}, count)
+            _histogram(
+                request_h, labels, list(stats.request_hist), LATENCY_BUCKETS_S, stats.success_ns / 1e9
+            )
+            _histogram(queue_h, labels, list(stats.queue_hist), LATENCY_BUCKETS_S, stats.queue_ns / 1e9)
+            _histogram(
+                compute_h, labels, list(stats.compute_hist), LATENCY_BUCKETS_S, stats.compute_hist_ns / 1e9
+            )
+            _histogram(batch_h, labels, list(stats.batch_hist), BATCH_SIZE_BUCKETS, stats.batch_items)
+        families = [*counters.values(), pending, request_h, queue_h, compute_h, batch_h, depth, failures]
+        families.extend(self._gpu_families())
+        info = Family("batchwire_build_info", "gauge", "batchwire version (always 1).")
+        info.add({"version": __version__}, 1)
+        families.append(info)
+        return families
+
+    def _gpu_families(self) -> list[Family]:
+        util = Family("nv_gpu_utilization", "gauge", "GPU utilization rate [0.0 - 1.0)")
+        used = Family("nv_gpu_memory_used_bytes", "gauge", "GPU used memory, in bytes")
+        total = Family("nv_gpu_memory_total_bytes", "gauge", "GPU total memory, in bytes")
+        power = Family("nv_gpu_power_usage", "gauge", "GPU power usage in watts")
+        for sample in self._gpu.samples() if self._gpu is not None else ():
+            labels = {"gpu_uuid": sample.uuid}
+            for family, value in (
+                (util, sample.utilization),
+                (used, sample.memory_used_bytes),
+                (total, sample.memory_total_bytes),
+                (power, sample.power_watts),
+            ):
+                if value is not None:
+                    family.add(labels, value)
+        return [util, used, total, power]
+
+    def render(self) -> bytes:
+        text = render(self.families()).encode()
+        if self._process is not None:
+            try:
+                text += generate_latest(self._process)
+            except Exception:
+                log.exception("process metrics failed; left out of this scrape")
+        return text
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _MetricsHTTPServer
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            try:
+                body = self.server.collector.render()
+            except Exception as exc:
+                log.exception("rendering /metrics failed")
+                self._reply(500, f"metrics failed: {exc}\n".encode(), "text/plain")
+                return
+            self._reply(200, body, CONTENT_TYPE)
+        elif path == "/":
+            self._reply(200, b'<a href="/metrics">/metrics</a>\n', "text/html")
+        else:
+            self._reply(404, b"not found; try /metrics\n", "text/plain")
+
+    def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("metrics http: " + format, *args)
+
+
+class _MetricsHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], collector: MetricsCollector) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.collector = collector
+        super().__init__(address, _Handler)
+
+
+class MetricsServer:
+    """Serves ``collector`` on ``http://host:port/metrics`` from a daemon thread."""
+
+    def __init__(self, collector: MetricsCollector, host: str, port: int) -> None:
+        host = host.strip("[]")
+        if host in ("", "0.0.0.0"):
+            host = "0.0.0.0"
+        self._httpd = _MetricsHTTPServer((host, port), collector)
+        self.host = host
+        self.port: int = self._httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="batchwire-metrics",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("Prometheus metrics on http://%s:%d/metrics", host, self.port)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

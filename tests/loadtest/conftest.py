@@ -1,0 +1,47 @@
+"""Fixtures for the load-test tests: the example models served by ``python -m batchwire serve``."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from testsupport import free_port
+
+
+@pytest.fixture(scope="session")
+def served_examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m batchwire serve`` on the example models, in a subprocess: ``host:port``."""
+    from batchwire.loadtest.runner import LoadTestError, wait_until_ready
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("loadtest-server") / "server.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "batchwire",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_until_ready(target, 120, process)
+    except LoadTestError as exc:
+        process.kill()
+        pytest.fail(f"{exc}\n{log.read_text()[-3000:]}")
+    yield target
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
