@@ -77,7 +77,20 @@ _INF = float("inf")
 
 
 class ModelBatcher:
-    """Queues, batches and runs the requests of one model version on its instances."""
+    """Queues, batches and runs the requests of one model version on its instances.
+
+    ``devices``: one per instance; None derives them from ``spec.instance_groups`` (see
+    :mod:`batchwire.batching.devices`). The batcher owns ``model`` from here on: it
+    closes the runners and the model on :meth:`stop` (or a failed :meth:`start`).
+
+    Observer calls (loop thread; an exception in one is logged and ignored):
+    ``queue_changed(model, version, level, depth)`` whenever a priority level's queue
+    depth changes (``level`` is 1 when the model has no priority levels);
+    ``batch_executed(record)`` once per runner call, failed ones included (a batch
+    retried by halves yields a record per attempt); ``request_finished(request, error)``
+    exactly once per :meth:`submit` call, refusals at submit and cancellations
+    (``core.errors.CancelledError``) included.
+    """
 
     def __init__(
         self,
@@ -243,7 +256,11 @@ class ModelBatcher:
     async def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop accepting; finish (drain) or fail queued work; close instances and model.
 
-        Runners with a ``close()`` method are closed in their worker thread, then
+        New submits fail with ServerShuttingDownError at once. ``drain=True`` dispatches
+        what is queued without waiting for fuller batches and lets it finish;
+        ``drain=False`` fails every queued request with ServerShuttingDownError. Batches
+        already handed to an instance (running or staged) finish either way. Then
+        runners with a ``close()`` method are closed in their worker thread and
         ``Model.close()`` is called once (also after a failed :meth:`start`).
 
         Idempotent: a second call waits for the first to finish. Work still unanswered

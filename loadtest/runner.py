@@ -174,14 +174,19 @@ def plan(options: LoadTestOptions) -> Plan:
 
 
 def _serve_metrics_option() -> str | None:
-    """``--metrics-port`` when this batchwire's ``serve`` command has it."""
-    try:
-        import inspect
+    """``--metrics-port`` when this batchwire's server has a metrics endpoint.
 
-        from batchwire.server.cli import serve
-    except Exception:
+    Reads the settings dataclass (``serve --metrics-port`` fills its
+    ``metrics_port``) rather than importing the whole command line.
+    """
+    import dataclasses
+
+    try:
+        from batchwire.server.settings import ServerSettings
+    except ImportError:
         return None
-    return "--metrics-port" if "metrics_port" in inspect.signature(serve).parameters else None
+    names = {f.name for f in dataclasses.fields(ServerSettings)}
+    return "--metrics-port" if "metrics_port" in names else None
 
 
 class ManagedServer:

@@ -126,7 +126,16 @@ class BatchwireServer:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
         self._server = server
         if settings.metrics_port:
-            self.metrics_port = telemetry.start_metrics(settings.host, settings.metrics_port)
+            try:
+                self.metrics_port = telemetry.start_metrics(settings.host, settings.metrics_port)
+            except OSError as exc:
+                # Metrics are auxiliary: a taken port must not stop inference from being served.
+                log.error(
+                    "metrics endpoint disabled: cannot bind %s:%d: %s",
+                    settings.host,
+                    settings.metrics_port,
+                    exc,
+                )
         await server.start()
         await self._health.set_server(False)
         log.info("batchwire listening on %s:%d", settings.host, self.port)
@@ -199,7 +208,11 @@ class ServerThread:
     def metrics_url(self) -> str | None:
         """``http://host:port/metrics`` when the metrics endpoint is on."""
         port = self.server.metrics_port
-        return None if port is None else f"http://{self.server.address.rsplit(':', 1)[0]}:{port}/metrics"
+        return (
+            None
+            if port is None
+            else f"http://{self.server.address.rsplit(':', 1)[0]}:{port}/metrics"
+        )
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop the server and its thread (idempotent)."""

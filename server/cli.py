@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import signal
 from pathlib import Path
@@ -22,6 +23,24 @@ examples_app = typer.Typer(help="Built-in example models.", no_args_is_help=True
 app.add_typer(examples_app, name="examples")
 
 
+class LogFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+class TraceMode(str, enum.Enum):
+    off = "off"
+    ratio = "ratio"
+    always = "always"
+
+
+class TraceExporter(str, enum.Enum):
+    otlp_grpc = "otlp-grpc"
+    otlp_http = "otlp-http"
+    console = "console"
+    none = "none"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"batchwire {__version__}")
@@ -37,10 +56,11 @@ def _root(
     """batchwire command line."""
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """One stderr handler on the root logger: text or JSON lines, with trace ids inside spans."""
+    from batchwire.telemetry.logs import configure_logging as configure
+
+    configure(level, log_format)
 
 
 @app.command()
@@ -53,7 +73,9 @@ def serve(
             help="Triton-layout model repository; default: the built-in example models.",
         ),
     ] = None,
-    host: Annotated[str, typer.Option(envvar="BATCHWIRE_HOST", help="Address to bind.")] = "0.0.0.0",
+    host: Annotated[
+        str, typer.Option(envvar="BATCHWIRE_HOST", help="Address to bind.")
+    ] = "0.0.0.0",
     port: Annotated[int, typer.Option(envvar="BATCHWIRE_GRPC_PORT", help="gRPC port.")] = 8001,
     max_message_mb: Annotated[
         int, typer.Option(help="Largest gRPC message accepted or sent, in MiB (max 2047).")
@@ -66,12 +88,52 @@ def serve(
         int | None, typer.Option(help="torch intra-op threads (default: torch's choice).")
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="BATCHWIRE_LOG_LEVEL")] = "info",
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            envvar="BATCHWIRE_LOG_FORMAT",
+            help="text, or json (one object per line, with trace_id/span_id inside a span).",
+        ),
+    ] = LogFormat.text,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            envvar="BATCHWIRE_METRICS_PORT",
+            help="Prometheus /metrics port on --host (0 disables it).",
+        ),
+    ] = 8002,
+    trace_mode: Annotated[
+        TraceMode | None,
+        typer.Option(
+            help="Tracing: off, ratio (--trace-rate of requests) or always; requests with a "
+            "sampled traceparent are traced unless off. Default: OTEL_TRACES_SAMPLER, else off.",
+        ),
+    ] = None,
+    trace_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Fraction traced in ratio mode. Default: OTEL_TRACES_SAMPLER_ARG, else 0.1.",
+        ),
+    ] = None,
+    trace_exporter: Annotated[
+        TraceExporter | None,
+        typer.Option(help="Span exporter. Default: OTEL_TRACES_EXPORTER, else otlp-grpc."),
+    ] = None,
+    trace_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="Collector address (host:port or URL). Default: OTEL_EXPORTER_OTLP_ENDPOINT, "
+            "else the exporter's (localhost:4317 gRPC, localhost:4318 HTTP).",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model repository (the built-in examples when none is given)."""
     from batchwire.server.app import BatchwireServer, new_event_loop
     from batchwire.server.settings import ServerSettings
 
-    configure_logging(log_level)
+    configure_logging(log_level, log_format.value)
     settings = ServerSettings(
         host=host,
         port=port,
@@ -79,6 +141,11 @@ def serve(
         max_message_bytes=min(max_message_mb * 2**20, 2**31 - 1),
         allow_pickled_models=allow_pickled_models,
         intra_op_threads=intra_op_threads,
+        metrics_port=metrics_port,
+        trace_mode=trace_mode.value if trace_mode is not None else None,
+        trace_rate=trace_rate,
+        trace_exporter=trace_exporter.value if trace_exporter is not None else None,
+        trace_endpoint=trace_endpoint,
     )
     server = BatchwireServer(settings)
 

@@ -222,7 +222,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             else:
                 if not isinstance(exc, InferenceError):
                     log.error("stream request for '%s' failed", msg.model_name, exc_info=exc)
-                message = exc.message if isinstance(exc, InferenceError) else f"{type(exc).__name__}: {exc}"
+                message = (
+                    exc.message
+                    if isinstance(exc, InferenceError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
                 done.put_nowait(
                     pb.ModelStreamInferResponse(
                         error_message=message,
@@ -280,7 +284,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if request.ready and not served.ready:
                 continue
             response.models.add(
-                name=served.name, version=served.version, state=served.state.value, reason=served.reason
+                name=served.name,
+                version=served.version,
+                state=served.state.value,
+                reason=served.reason,
             )
         return response
 
@@ -321,10 +328,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
             except InferenceError:
                 pass  # known but not loadable: reported with whatever it collected
-            versions = [request.version] if request.version else self.registry.versions(request.name)
+            versions = (
+                [request.version] if request.version else self.registry.versions(request.name)
+            )
             keys = [(request.name, v) for v in versions]
         else:
-            keys = [(row.name, row.version) for row in self.registry.index() if row.version]
+            keys = [(m.name, m.version) for m in self.registry.index() if m.version and m.ready]
         response = pb.ModelStatisticsResponse()
         for name, version in keys:
             stats = telemetry.statistics(name, version)
@@ -387,7 +396,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # Not implemented -----------------------------------------------------
 
     async def _unsupported(self, context, what: str, hint: str) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"batchwire does not implement {what}; {hint}")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"batchwire does not implement {what}; {hint}"
+        )
 
     async def SystemSharedMemoryStatus(self, request, context):
         await self._shared_memory(context)
@@ -411,4 +422,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._unsupported(
             context, "shared-memory tensors", "send tensor data in raw_input_contents"
         )
-

@@ -8,6 +8,7 @@ scrape and never fails it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -80,10 +81,8 @@ class GpuMonitor:
         nvml, self._nvml = self._nvml, None
         self._handles = []
         if nvml is not None:
-            try:
+            with contextlib.suppress(Exception):
                 nvml.nvmlShutdown()
-            except Exception:
-                pass
 
 
 def _guard(read):  # type: ignore[no-untyped-def]

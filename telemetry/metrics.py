@@ -150,10 +150,14 @@ class MetricsCollector:
             "Compute time of each executed batch (input + infer + output).",
         )
         batch_h = Family(
-            "batchwire_batch_size", "histogram", "Items per executed batch (sum of batch dimensions)."
+            "batchwire_batch_size",
+            "histogram",
+            "Items per executed batch (sum of batch dimensions).",
         )
         depth = Family(
-            "batchwire_queue_depth", "gauge", "Requests queued per model version and priority level."
+            "batchwire_queue_depth",
+            "gauge",
+            "Requests queued per model version and priority level.",
         )
         failures = Family(
             "batchwire_request_failures_total",
@@ -186,14 +190,35 @@ class MetricsCollector:
             for level, count in sorted(levels.items()):
                 depth.add({**labels, "priority": str(level)}, count)
             _histogram(
-                request_h, labels, list(stats.request_hist), LATENCY_BUCKETS_S, stats.success_ns / 1e9
+                request_h,
+                labels,
+                list(stats.request_hist),
+                LATENCY_BUCKETS_S,
+                stats.success_ns / 1e9,
             )
-            _histogram(queue_h, labels, list(stats.queue_hist), LATENCY_BUCKETS_S, stats.queue_ns / 1e9)
             _histogram(
-                compute_h, labels, list(stats.compute_hist), LATENCY_BUCKETS_S, stats.compute_hist_ns / 1e9
+                queue_h, labels, list(stats.queue_hist), LATENCY_BUCKETS_S, stats.queue_ns / 1e9
             )
-            _histogram(batch_h, labels, list(stats.batch_hist), BATCH_SIZE_BUCKETS, stats.batch_items)
-        families = [*counters.values(), pending, request_h, queue_h, compute_h, batch_h, depth, failures]
+            _histogram(
+                compute_h,
+                labels,
+                list(stats.compute_hist),
+                LATENCY_BUCKETS_S,
+                stats.compute_hist_ns / 1e9,
+            )
+            _histogram(
+                batch_h, labels, list(stats.batch_hist), BATCH_SIZE_BUCKETS, stats.batch_items
+            )
+        families = [
+            *counters.values(),
+            pending,
+            request_h,
+            queue_h,
+            compute_h,
+            batch_h,
+            depth,
+            failures,
+        ]
         families.extend(self._gpu_families())
         info = Family("batchwire_build_info", "gauge", "batchwire version (always 1).")
         info.add({"version": __version__}, 1)

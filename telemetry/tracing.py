@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, get_current_span
@@ -103,7 +103,9 @@ class TraceConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in TRACE_MODES:
-            raise ValueError(f"trace mode must be one of {', '.join(TRACE_MODES)}, got '{self.mode}'")
+            raise ValueError(
+                f"trace mode must be one of {', '.join(TRACE_MODES)}, got '{self.mode}'"
+            )
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"trace rate must be in [0, 1], got {self.rate}")
         if self.exporter not in TRACE_EXPORTERS:
@@ -176,7 +178,9 @@ def _exporter_from_env(env: Mapping[str, str]) -> str | None:
         return None
     for name in (part.strip().lower() for part in value.split(",")):
         if name == "otlp":
-            protocol = _env(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+            protocol = _env(
+                env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
+            )
             return "otlp-grpc" if (protocol or "grpc") == "grpc" else "otlp-http"
         if name in ("console", "none"):
             return name
@@ -184,11 +188,18 @@ def _exporter_from_env(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def make_exporter(config: TraceConfig) -> SpanExporter | None:
-    """The span exporter ``config`` names (None for ``none``)."""
+class DropSpanExporter(SpanExporter):
+    """Exports nothing: spans are sampled and built (trace ids in logs), then dropped."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def make_exporter(config: TraceConfig) -> SpanExporter:
+    """The span exporter ``config`` names."""
     kind, endpoint = config.exporter, config.endpoint
     if kind == "none":
-        return None
+        return DropSpanExporter()
     if kind == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
@@ -486,7 +497,9 @@ class Tracing:
     def get_settings(self, model: str = "") -> dict[str, list[str]]:
         return self.settings.get(model)
 
-    def update_settings(self, model: str, changes: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    def update_settings(
+        self, model: str, changes: Mapping[str, Sequence[str]]
+    ) -> dict[str, list[str]]:
         """Apply a TraceSetting update (raises TraceSettingError); returns the effective settings."""
         result = self.settings.update(model, changes)
         if self.settings.armed:
@@ -501,8 +514,6 @@ class Tracing:
             exporter = self._given_exporter
             if exporter is None:
                 exporter = make_exporter(self.config)
-            if exporter is None:
-                return
             delay = os.environ.get("OTEL_BSP_SCHEDULE_DELAY")
             queue = os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE")
             self._processor = BatchSpanProcessor(
@@ -705,7 +716,9 @@ class Tracing:
             processor, self._processor = self._processor, None
         if processor is None:
             return
-        worker = threading.Thread(target=processor.shutdown, name="batchwire-trace-shutdown", daemon=True)
+        worker = threading.Thread(
+            target=processor.shutdown, name="batchwire-trace-shutdown", daemon=True
+        )
         worker.start()
         worker.join(timeout_s)
         if worker.is_alive():

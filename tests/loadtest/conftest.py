@@ -8,15 +8,16 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from loadtest_helpers import ServedExamples
 from testsupport import free_port
 
 
 @pytest.fixture(scope="session")
-def served_examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m batchwire serve`` on the example models, in a subprocess: ``host:port``."""
+def served_examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedExamples]:
+    """``python -m batchwire serve`` on the example models, in a subprocess."""
     from batchwire.loadtest.runner import LoadTestError, wait_until_ready
 
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("loadtest-server") / "server.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(
@@ -39,7 +40,7 @@ def served_examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     except LoadTestError as exc:
         process.kill()
         pytest.fail(f"{exc}\n{log.read_text()[-3000:]}")
-    yield target
+    yield ServedExamples(target, f"http://127.0.0.1:{metrics_port}/metrics")
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=20)

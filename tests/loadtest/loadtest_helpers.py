@@ -26,6 +26,14 @@ min_rps = 1
 """
 
 
+@dataclass(frozen=True)
+class ServedExamples:
+    """A ``python -m batchwire serve`` subprocess on the example models."""
+
+    target: str  # host:port
+    metrics_url: str
+
+
 @dataclass
 class CommandResult:
     returncode: int

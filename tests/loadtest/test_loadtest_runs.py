@@ -11,7 +11,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from loadtest_helpers import GENEROUS_SLO, CommandResult, run_loadtest, write_slo
+from loadtest_helpers import (
+    GENEROUS_SLO,
+    CommandResult,
+    ServedExamples,
+    run_loadtest,
+    write_slo,
+)
 
 pytest.importorskip("locust", reason="Locust is not installed (pip install 'batchwire[loadtest]')")
 pytest.importorskip(
@@ -61,7 +67,9 @@ def test_generous_targets_pass(passing_run: CommandResult) -> None:
     assert "server metrics not available" in html and DEAD_METRICS in html
 
 
-def test_an_impossible_target_fails_and_is_named(served_examples: str, tmp_path: Path) -> None:
+def test_an_impossible_target_fails_and_is_named(
+    served_examples: ServedExamples, tmp_path: Path
+) -> None:
     slo = write_slo(
         tmp_path,
         """
@@ -74,7 +82,7 @@ def test_an_impossible_target_fails_and_is_named(served_examples: str, tmp_path:
     )
     result = run_loadtest(
         tmp_path / "out",
-        "--host", served_examples,
+        "--host", served_examples.target,
         "--slo", str(slo),
         "--users", "2",
         "--duration", "3s",
@@ -111,11 +119,14 @@ def test_a_remote_host_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_distributed_run_with_two_workers_streaming(served_examples: str, tmp_path: Path) -> None:
+def test_distributed_run_with_two_workers_streaming(
+    served_examples: ServedExamples, tmp_path: Path
+) -> None:
     slo = write_slo(tmp_path, GENEROUS_SLO)
     result = run_loadtest(
         tmp_path / "out",
-        "--host", served_examples,
+        "--host", served_examples.target,
+        "--metrics-url", served_examples.metrics_url,
         "--slo", str(slo),
         "--users", "4",
         "--spawn-rate", "4",
@@ -132,6 +143,10 @@ def test_distributed_run_with_two_workers_streaming(served_examples: str, tmp_pa
     counts = _latency_counts(out)
     assert counts["mlp"] > 0 and counts["text"] > 0
     assert counts == _locust_counts(out)  # both workers' histograms reached the master
+    # The server's own view, scraped from its Prometheus endpoint during the run.
+    html = (out / "report.html").read_text()
+    assert "server metrics not available" not in html and "count / exec" in html
+    assert (out / "server_metrics.png").stat().st_size > 0
     with (out / "locust_stats.csv").open() as handle:
         assert {row["Type"] for row in csv.DictReader(handle) if row["Name"] != "Aggregated"} == {
             "grpc-stream"
