@@ -1,34 +1,44 @@
 """Tracing overhead: served throughput with every request traced vs tracing off, same run.
 
-``python -m batchwire.bench.tracing_overhead [--out results/tracing] [--seconds 3]
-[--rounds 3] [--concurrency 32] [--exporter none|otlp-grpc] [--traceparent]``
+``python -m batchwire.bench.tracing_overhead [--out results/tracing] [--seconds 2]
+[--rounds 5] [--concurrency 32] [--model mlp] [--exporter none|otlp-grpc]
+[--traceparent] [--in-process]``
 
-Two ``batchwire serve`` subprocesses on the ``mlp`` example: one with tracing off,
-one with ``--trace-mode always`` (every request traced: a server span, five phase
-spans, and a batch span per batch). Spans go to an exporter that drops them in
-the server process (``none``, the default: the cost of sampling, building and
-queueing spans) or, with ``--exporter otlp-grpc``, over OTLP/gRPC to a receiver
-in this process (adds the exporter's protobuf encoding). A closed-loop asyncio
-gRPC load generator (pre-encoded requests, ``--concurrency`` in flight) drives
-them in alternating windows (off, traced, off, traced...) so drift on a shared
-machine hits both alike. With ``--traceparent`` every request carries a sampled
-W3C traceparent (the parent-based path, including context extraction).
+One ``batchwire serve`` subprocess on an example model, started with
+``--trace-mode always``. Between measurement windows the benchmark switches
+tracing off and on again through the TraceSetting RPC (global ``trace_level``
+OFF / TIMESTAMPS), so both modes run on the same process, the same warm model
+and the same connections, in alternating windows (untraced, traced, untraced,
+traced...): drift on a shared machine hits both alike. Traced means every
+request: a server span with ``queue`` and ``compute`` child spans, plus one
+``batch`` span per batch. Spans go to an exporter that drops them in the server
+(``none``, the default: the cost of sampling, building and queueing spans) or,
+with ``--exporter otlp-grpc``, over OTLP/gRPC to a receiver in this process
+(adds the exporter's protobuf encoding to the server's CPU). With
+``--traceparent`` every request carries a sampled W3C traceparent (the
+parent-based path, context extraction included). The load generator is a
+closed loop of ``--concurrency`` asyncio gRPC calls with a pre-encoded request.
 
-Writes ``tracing_overhead.json`` and ``tracing_overhead.png`` into ``--out``: the
-throughput of each window and ``ratio`` = traced / untraced (target >= 0.85).
-The target is reported, never asserted.
+Writes ``tracing_overhead.json`` and ``tracing_overhead.png`` into ``--out``:
+every window's throughput (and the server's CPU per request, Linux: ``cpu_ratio``
+= untraced / traced CPU per request), ``ratio``
+= mean traced / mean untraced throughput and ``round_ratio`` = the median of the
+per-round ratios (each traced window over the untraced one just before it;
+sturdier on a noisy machine). Target >= 0.85, reported, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -38,22 +48,31 @@ from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 
 TARGET = 0.85
-MODEL = "mlp"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def _request() -> pb.ModelInferRequest:
-    array = np.random.default_rng(0).standard_normal((1, 64), dtype=np.float32)
-    request = pb.ModelInferRequest(model_name=MODEL)
-    request.inputs.add(name="INPUT__0", datatype="FP32", shape=array.shape)
+def _request(model: str) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    if model == "text":
+        array = np.arange(1, 17, dtype=np.int64).reshape(1, 16)
+        request.inputs.add(name="TOKENS", datatype="INT64", shape=array.shape)
+    else:
+        shape = (1, 3, 64, 64) if model == "cnn" else (1, 64)
+        array = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        request.inputs.add(name="INPUT__0", datatype="FP32", shape=array.shape)
     request.raw_input_contents.append(array.tobytes())
     return request
 
 
 async def _window(
-    address: str, concurrency: int, warmup: float, seconds: float, metadata: tuple | None
+    address: str,
+    model: str,
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+    metadata: tuple | None,
 ) -> dict:
-    request = _request()
+    request = _request(model)
     async with grpc.aio.insecure_channel(address) as channel:
         infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
         latencies: list[float] = []
@@ -97,16 +116,16 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _run_window(pid: int, *args: object) -> dict:
+def _run_window(pid: int | None, *args: object) -> dict:
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    cpu_before = _cpu_seconds(pid)
+    cpu_before = _cpu_seconds(pid) if pid is not None else None
     result = runner(_window(*args))  # type: ignore[arg-type]
-    cpu_after = _cpu_seconds(pid)
+    cpu_after = _cpu_seconds(pid) if pid is not None else None
     if cpu_before is not None and cpu_after is not None and result["sent"]:
         # Server CPU per answered request over the whole window (warmup included).
         result["server_cpu_us_per_request"] = round(
@@ -115,46 +134,86 @@ def _run_window(pid: int, *args: object) -> dict:
     return result
 
 
+def _set_tracing(address: str, on: bool) -> None:
+    with grpc.insecure_channel(address) as channel:
+        request = pb.TraceSettingRequest()
+        request.settings["trace_level"].value.append("TIMESTAMPS" if on else "OFF")
+        response = pb_grpc.GRPCInferenceServiceStub(channel).TraceSetting(request, timeout=10)
+    level = list(response.settings["trace_level"].value)
+    assert level == (["TIMESTAMPS"] if on else ["OFF"]), level
+
+
+@contextlib.contextmanager
+def _server(
+    repo: Path, out: Path, exporter: str, endpoint: str | None, in_process: bool
+) -> Iterator[tuple[str, int | None]]:
+    """(address, pid or None) of a server with every request traced."""
+    if in_process:
+        from batchwire.server.app import ServerThread
+        from batchwire.server.settings import ServerSettings
+
+        settings = ServerSettings(
+            host="127.0.0.1",
+            port=0,
+            model_repository=repo,
+            trace_mode="always",
+            trace_exporter=exporter,
+            trace_endpoint=endpoint,
+        )
+        with ServerThread(settings) as server:
+            yield server.address, None
+        return
+    from batchwire.bench.server_process import ServerProcess
+
+    args = ["--trace-mode", "always", "--trace-exporter", exporter, "--metrics-port", "0"]
+    if endpoint is not None:
+        args += ["--trace-endpoint", endpoint]
+    with ServerProcess(repo, *args, log_path=out / "server.log") as server:
+        yield server.address, server._proc.pid  # type: ignore[union-attr]
+
+
 def run(
     out: Path,
     *,
-    seconds: float = 3.0,
+    seconds: float = 2.0,
     warmup: float = 0.5,
-    rounds: int = 3,
+    rounds: int = 5,
     concurrency: int = 32,
+    model: str = "mlp",
     exporter: str = "none",
     traceparent: bool = False,
+    in_process: bool = False,
+    repository: Path | None = None,
 ) -> dict:
-    """Measure, write ``tracing_overhead.json`` / ``.png`` into ``out``, return the report."""
-    from batchwire.bench.server_process import ServerProcess
+    """Measure, write ``tracing_overhead.json`` / ``.png`` into ``out``, return the report.
+
+    ``in_process`` runs the server in this process (quick smoke runs; it shares
+    the GIL with the load generator, so the ratio means less). ``repository``
+    must hold ``model`` (default: the example exported to a temp dir).
+    """
     from batchwire.examples.export import export_examples
     from batchwire.telemetry.receiver import OtlpReceiver
 
     out.mkdir(parents=True, exist_ok=True)
     receiver = OtlpReceiver().start() if exporter == "otlp-grpc" else None
-    traced_args = ["--trace-mode", "always", "--trace-exporter", exporter, "--metrics-port", "0"]
-    if receiver is not None:
-        traced_args += ["--trace-endpoint", receiver.endpoint]
     metadata = (("traceparent", TRACEPARENT),) if traceparent else None
     windows: list[dict] = []
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
         with tempfile.TemporaryDirectory(prefix="batchwire-bench-tracing-") as tmp:
-            repo = Path(tmp)
-            export_examples(repo, [MODEL])
-            plain = ServerProcess(repo, "--trace-mode", "off", "--metrics-port", "0")
-            traced = ServerProcess(repo, *traced_args, log_path=out / "traced-server.log")
-            with plain, traced:
+            repo = repository
+            if repo is None:
+                repo = Path(tmp)
+                export_examples(repo, [model])
+            endpoint = receiver.endpoint if receiver is not None else None
+            with _server(repo, out, exporter, endpoint, in_process) as (address, pid):
                 for index in range(rounds):
-                    for label, server in (("untraced", plain), ("traced", traced)):
+                    for mode in ("untraced", "traced"):
+                        _set_tracing(address, mode == "traced")
                         result = _run_window(
-                            server._proc.pid,  # type: ignore[union-attr]
-                            server.address,
-                            concurrency,
-                            warmup,
-                            seconds,
-                            metadata,
+                            pid, address, model, concurrency, warmup, seconds, metadata
                         )
-                        windows.append({"round": index, "mode": label, **result})
+                        windows.append({"round": index, "mode": mode, **result})
     finally:
         if receiver is not None:
             receiver.stop()
@@ -163,8 +222,13 @@ def run(
         values = [w["throughput"] for w in windows if w["mode"] == mode]
         return statistics.fmean(values) if values else 0.0
 
-    untraced, traced_rps = mean("untraced"), mean("traced")
-    ratio = round(traced_rps / untraced, 3) if untraced else 0.0
+    untraced, traced = mean("untraced"), mean("traced")
+    ratio = round(traced / untraced, 3) if untraced else 0.0
+    pairs = [
+        windows[i + 1]["throughput"] / windows[i]["throughput"]
+        for i in range(0, len(windows) - 1, 2)
+        if windows[i]["throughput"]
+    ]
     cpu = {}
     for mode in ("untraced", "traced"):
         values = [
@@ -175,20 +239,22 @@ def run(
         cpu[mode] = round(statistics.median(values), 1) if values else None
     report = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "model": MODEL,
+        "started": started,
+        "model": model,
         "concurrency": concurrency,
         "seconds_per_window": seconds,
         "rounds": rounds,
         "exporter": exporter,
         "traceparent": traceparent,
+        "in_process": in_process,
         "untraced_rps": round(untraced, 1),
-        "traced_rps": round(traced_rps, 1),
+        "traced_rps": round(traced, 1),
         "ratio": ratio,
+        "round_ratio": round(statistics.median(pairs), 3) if pairs else None,
         "target": TARGET,
         "met": ratio >= TARGET,
-        # Less sensitive to other load on a shared machine than throughput:
         "server_cpu_us_per_request": cpu,
+        # untraced / traced server CPU per request: less sensitive to other load.
         "cpu_ratio": (
             round(cpu["untraced"] / cpu["traced"], 3) if cpu["untraced"] and cpu["traced"] else None
         ),
@@ -207,23 +273,19 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     windows = report["windows"]
-    fig, axis = plt.subplots(figsize=(7.5, 4))
+    fig, axis = plt.subplots(figsize=(max(6.0, 0.7 * len(windows) + 2), 4))
     colors = {"untraced": "#4c72b0", "traced": "#dd8452"}
-    xs = range(len(windows))
-    axis.bar(
-        xs,
-        [w["throughput"] for w in windows],
-        color=[colors[w["mode"]] for w in windows],
-    )
-    axis.set_xticks(list(xs), [f"{w['mode']}\nround {w['round']}" for w in windows], fontsize=8)
+    xs = list(range(len(windows)))
+    axis.bar(xs, [w["throughput"] for w in windows], color=[colors[w["mode"]] for w in windows])
+    axis.set_xticks(xs, [f"{w['mode']}\nround {w['round']}" for w in windows], fontsize=7)
     for mode, color in colors.items():
         axis.axhline(report[f"{mode}_rps"], color=color, linestyle="--", linewidth=1, label=mode)
     axis.set_ylabel("requests / s")
     axis.set_title(
-        f"Tracing overhead on '{report['model']}' (c={report['concurrency']}, "
-        f"exporter {report['exporter']}): traced/untraced = {report['ratio']} "
-        f"(target >= {report['target']})",
-        fontsize=9,
+        f"Tracing overhead, '{report['model']}' c={report['concurrency']}, exporter "
+        f"{report['exporter']}: traced/untraced {report['ratio']} (median per round "
+        f"{report['round_ratio']}; target >= {report['target']})",
+        fontsize=8,
     )
     axis.legend()
     axis.grid(True, axis="y", alpha=0.3)
@@ -235,12 +297,16 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/tracing"))
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per window")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per window")
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds per window")
-    parser.add_argument("--rounds", type=int, default=3, help="untraced/traced window pairs")
+    parser.add_argument("--rounds", type=int, default=5, help="untraced/traced window pairs")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--model", choices=("mlp", "null", "cnn", "text"), default="mlp")
     parser.add_argument("--exporter", choices=("none", "otlp-grpc"), default="none")
     parser.add_argument("--traceparent", action="store_true", help="send a sampled traceparent")
+    parser.add_argument(
+        "--in-process", action="store_true", help="server in this process (quick smoke run)"
+    )
     ns = parser.parse_args(argv)
     report = run(
         ns.out,
@@ -248,13 +314,17 @@ def main(argv: list[str] | None = None) -> int:
         warmup=ns.warmup,
         rounds=ns.rounds,
         concurrency=ns.concurrency,
+        model=ns.model,
         exporter=ns.exporter,
         traceparent=ns.traceparent,
+        in_process=ns.in_process,
     )
     verdict = "met" if report["met"] else "MISSED"
     print(
         f"untraced {report['untraced_rps']} req/s, traced {report['traced_rps']} req/s: "
-        f"ratio {report['ratio']} (target {TARGET}, {verdict})"
+        f"ratio {report['ratio']}, median per round {report['round_ratio']} "
+        f"(target {TARGET}, {verdict}); server CPU us/request "
+        f"{report['server_cpu_us_per_request']}"
     )
     print(f"wrote {ns.out / 'tracing_overhead.json'} and {ns.out / 'tracing_overhead.png'}")
     return 0

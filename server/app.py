@@ -157,7 +157,7 @@ class BatchwireServer:
         if self.registry is not None:
             await self.registry.close()
         if self.telemetry is not None:
-            await asyncio.to_thread(self.telemetry.close)
+            await asyncio.to_thread(self.telemetry.close, min(max(grace, 1.0), 5.0))
         if self._examples_dir is not None:
             shutil.rmtree(self._examples_dir, ignore_errors=True)
             self._examples_dir = None

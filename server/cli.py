@@ -189,8 +189,10 @@ def export(
 
 def _register_optional_commands() -> None:
     from batchwire.clients.cli import register as register_client
+    from batchwire.loadtest.cli import register as register_loadtest
 
     register_client(app)
+    register_loadtest(app)
 
 
 _register_optional_commands()

@@ -14,14 +14,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import json_format
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
 
 from batchwire import __version__
-from batchwire.core.errors import (
-    InferenceError,
-    InvalidInputError,
-    ModelNotFoundError,
-    UnsupportedError,
-)
+from batchwire.core.errors import InferenceError, ModelNotFoundError
 from batchwire.core.validation import expected_shape
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
@@ -140,7 +137,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         span: RequestSpan | None = None,
     ) -> pb.ModelInferResponse:
         served = self.dataplane.resolve(msg.model_name, msg.model_version)
-        request = None
         try:
             request, datatypes = decode_infer_request(msg, served.spec, deadline)
             if span is not None:
@@ -148,10 +144,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 span.version = served.version
                 request.trace_context = span.context
             result = await self.dataplane.infer(served, request, datatypes)
-        except (InvalidInputError, UnsupportedError) as exc:
-            # The batcher stamps received_ns when it takes a request and reports every
-            # failure from then on; these failed before (decode, validation).
-            if self.telemetry is not None and (request is None or not request.timings.received_ns):
+        except InferenceError as exc:
+            # Counts what the batcher did not report already (decode, validation).
+            if self.telemetry is not None:
                 self.telemetry.request_rejected(served.name, served.version, exc)
             raise
         if span is not None:
@@ -162,9 +157,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, msg: pb.ModelInferRequest, deadline: float | None, span: RequestSpan
     ) -> pb.ModelInferResponse:
         """:meth:`_infer` inside ``span`` (current for logging), then record its spans."""
-        from opentelemetry import context as otel_context
-        from opentelemetry import trace as otel_trace
-
         token = otel_context.attach(
             otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(span.context))
         )

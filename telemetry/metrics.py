@@ -61,6 +61,10 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _number(value: float) -> str:
+    return str(value) if type(value) is int else floatToGoString(value)
+
+
 def render(families: Iterable[Family]) -> str:
     """Families in the Prometheus text format 0.0.4."""
     out: list[str] = []
@@ -70,9 +74,9 @@ def render(families: Iterable[Family]) -> str:
         for name, labels, value in family.samples:
             if labels:
                 text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-                out.append(f"{name}{{{text}}} {floatToGoString(value)}\n")
+                out.append(f"{name}{{{text}}} {_number(value)}\n")
             else:
-                out.append(f"{name} {floatToGoString(value)}\n")
+                out.append(f"{name} {_number(value)}\n")
     return "".join(out)
 
 

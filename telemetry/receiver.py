@@ -25,7 +25,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self._receiver = receiver
 
-    def Export(self, request, context):  # noqa: N802 (gRPC method name)
+    def Export(self, request, context):
         received: list[tuple[str, trace_pb2.Span]] = []
         for resource_spans in request.resource_spans:
             service = ""

@@ -51,6 +51,15 @@ TRITON_FAILURE_REASONS: dict[str, str] = {
 TRITON_REASON_LABELS: tuple[str, ...] = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 
+#: Attribute set on an error the observer has counted (see :func:`was_counted`).
+_COUNTED = "_batchwire_counted"
+
+
+def was_counted(error: BaseException) -> bool:
+    """True when an observer counted ``error`` (the batcher reported it)."""
+    return getattr(error, _COUNTED, False)
+
+
 def triton_reason(reason: str) -> str:
     """Triton's failure reason label for an :class:`InferenceError` reason."""
     return TRITON_FAILURE_REASONS.get(reason, "OTHER")
@@ -162,12 +171,18 @@ class ModelObserver:
                 failures = stats.failures
                 reason = error.reason
                 failures[reason] = failures.get(reason, 0) + 1
+                # The front end counts the errors the batcher never reported (decode,
+                # validation); this mark tells the two apart.
+                setattr(error, _COUNTED, True)
         except Exception:
             self._complain("request_finished")
 
     def request_rejected(self, error: InferenceError) -> None:
-        """A request for this version failed before reaching the batcher (decode, validation)."""
+        """Count a failed request the batcher did not report (decode, validation); once."""
+        if was_counted(error):
+            return
         try:
+            setattr(error, _COUNTED, True)
             stats = self.stats
             stats.fail_count += 1
             stats.last_ns = _perf_ns()

@@ -5,10 +5,11 @@ What is traced
 - One SERVER span per inference request (``ModelInfer``, and each request of a
   ``ModelStreamInfer`` stream), child of the caller's W3C ``traceparent``
   (gRPC invocation metadata, TraceContext propagator) when there is one.
-- Child spans ``queue``, ``compute_input``, ``compute_infer``, ``compute_output``
-  and ``response_send``, built after the fact from the batcher's
-  :class:`~batchwire.core.types.RequestTimings` (perf_counter_ns, converted to
-  epoch ns with an offset captured at start).
+- Child spans ``queue`` and ``compute`` (the batch's compute, with
+  ``compute_input_end`` / ``compute_output_start`` events), and a
+  ``response_send`` event on the server span, built after the fact from the
+  batcher's :class:`~batchwire.core.types.RequestTimings` (perf_counter_ns,
+  converted to epoch ns with an offset captured at start).
 - One ``batch`` span per executed batch holding traced requests, with a link to
   every traced request span in it and the batch's model, version, size, padded
   size, device, instance and request count; ERROR status when the batch failed.
@@ -599,7 +600,7 @@ class Tracing:
             attributes["rpc.grpc.status_code"] = _GRPC_CODES.get(getattr(code, "value", ""), 2)
             attributes["error.type"] = type(error).__name__
             status = Status(StatusCode.ERROR, getattr(error, "message", None) or str(error))
-        children: list[tuple[str, int, int]] = []
+        children: list[tuple[str, int, int, tuple[Event, ...]]] = []
         if request is not None:
             timings = request.timings
             if request.id:
@@ -613,25 +614,27 @@ class Tracing:
             received = timings.received_ns
             if received:
                 queued = received + timings.queue_ns
-                children.append(("queue", received, queued))
+                children.append(("queue", received, queued, ()))
                 if timings.batch_size:
+                    # The batch's compute, phases as events (a span each would cost ~5 us).
                     c1 = queued + timings.compute_input_ns
                     c2 = c1 + timings.compute_infer_ns
                     c3 = c2 + timings.compute_output_ns
-                    children.append(("compute_input", queued, c1))
-                    children.append(("compute_infer", c1, c2))
-                    children.append(("compute_output", c2, c3))
-        if span.send_ns:
-            children.append(("response_send", span.send_ns, end))
+                    phases = (
+                        Event("compute_input_end", None, c1 + offset),
+                        Event("compute_output_start", None, c2 + offset),
+                    )
+                    children.append(("compute", queued, c3, phases))
         on_end = processor.on_end
         trace_id = context.trace_id
-        for name, start, stop in children:
+        for name, start, stop, events in children:
             on_end(
                 ReadableSpan(
                     name=name,
                     context=SpanContext(trace_id, _getrandbits(64) or 1, False, _SAMPLED),
                     parent=context,
                     resource=resource,
+                    events=events,
                     kind=_INTERNAL,
                     start_time=start + offset,
                     end_time=stop + offset,
@@ -645,6 +648,9 @@ class Tracing:
                 parent=span.parent,
                 resource=resource,
                 attributes=attributes,
+                events=(Event("response_send", None, span.send_ns + offset),)
+                if span.send_ns
+                else (),
                 kind=_SERVER,
                 status=status,
                 start_time=span.start_ns + offset,
@@ -689,8 +695,8 @@ class Tracing:
                 resource=self.resource,
                 attributes=attributes,
                 events=(
-                    Event("compute_input_end", timestamp=c1 + offset),
-                    Event("compute_infer_end", timestamp=c2 + offset),
+                    Event("compute_input_end", None, c1 + offset),
+                    Event("compute_output_start", None, c2 + offset),
                 ),
                 links=links,
                 kind=_INTERNAL,
@@ -709,7 +715,11 @@ class Tracing:
         return True if processor is None else processor.force_flush(int(timeout_s * 1000))
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Stop tracing, export what is queued (bounded by ``timeout_s``), close the exporter."""
+        """Stop tracing, export what is queued (bounded by ``timeout_s``), close the exporter.
+
+        An unreachable collector cannot hold this up: past ``timeout_s`` the exporter
+        is shut down, which aborts its retries, and what is left is dropped.
+        """
         with self._lock:
             self._closed = True
             self.armed = False
@@ -722,7 +732,14 @@ class Tracing:
         worker.start()
         worker.join(timeout_s)
         if worker.is_alive():
-            log.warning("tracing: the span exporter did not shut down within %.0f s", timeout_s)
+            log.warning(
+                "tracing: spans not exported within %.1f s of shutdown are dropped", timeout_s
+            )
+            try:
+                processor.span_exporter.shutdown()
+            except Exception:
+                log.debug("tracing: exporter shutdown failed", exc_info=True)
+            worker.join(1.0)
 
 
 #: StatusCode value (batchwire.core.errors) -> numeric gRPC status code.

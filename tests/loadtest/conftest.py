@@ -19,21 +19,12 @@ def served_examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served
 
     port, metrics_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("loadtest-server") / "server.log"
+    command = [
+        sys.executable, "-m", "batchwire", "serve", "--host", "127.0.0.1",
+        "--port", str(port), "--metrics-port", str(metrics_port),
+    ]  # fmt: skip
     with log.open("wb") as handle:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "batchwire",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
     try:
         wait_until_ready(target, 120, process)

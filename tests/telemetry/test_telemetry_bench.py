@@ -1,0 +1,29 @@
+"""The tracing-overhead benchmark runs end to end and writes its report (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from batchwire.bench.tracing_overhead import TARGET, run
+
+
+def test_tracing_overhead_benchmark_writes_json_and_png(
+    tmp_path: Path, examples_repository: Path
+) -> None:
+    report = run(
+        tmp_path,
+        seconds=0.4,
+        warmup=0.2,
+        rounds=1,
+        concurrency=8,
+        in_process=True,
+        repository=examples_repository,
+    )
+    saved = json.loads((tmp_path / "tracing_overhead.json").read_text())
+    assert saved["ratio"] == report["ratio"] and saved["target"] == TARGET
+    assert [w["mode"] for w in saved["windows"]] == ["untraced", "traced"]
+    assert all(w["requests"] > 0 and w["errors"] == 0 for w in saved["windows"])
+    assert saved["untraced_rps"] > 0 and saved["traced_rps"] > 0
+    png = (tmp_path / "tracing_overhead.png").read_bytes()
+    assert png.startswith(b"\x89PNG")

@@ -1,0 +1,136 @@
+"""LogSettings through tritonclient, JSON logs with trace ids, the serve command's flags."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import tritonclient.grpc as triton
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from typer.testing import CliRunner
+
+from batchwire.telemetry.logs import TextFormatter, make_handler
+
+
+@pytest.fixture()
+def restore_batchwire_logger():
+    logger = logging.getLogger("batchwire")
+    level = logger.level
+    yield logger
+    logger.setLevel(level)
+
+
+def test_log_settings_round_trip_through_tritonclient(
+    telemetry_server, restore_batchwire_logger
+) -> None:
+    logger = restore_batchwire_logger
+    client = triton.InferenceServerClient(telemetry_server.address)
+    try:
+        initial = client.get_log_settings(as_json=True)["settings"]
+        assert set(initial) == {
+            "log_file",
+            "log_info",
+            "log_warning",
+            "log_error",
+            "log_verbose_level",
+            "log_format",
+        }
+        updated = client.update_log_settings({"log_verbose_level": 2}, as_json=True)["settings"]
+        assert updated["log_verbose_level"]["uint32_param"] == 2
+        assert logger.getEffectiveLevel() == logging.DEBUG
+        quiet = client.update_log_settings(
+            {"log_verbose_level": 0, "log_info": False, "log_warning": False}, as_json=True
+        )["settings"]
+        assert quiet["log_info"].get("bool_param", False) is False
+        assert logger.getEffectiveLevel() == logging.ERROR
+        client.update_log_settings({"log_info": True})
+        assert logger.getEffectiveLevel() == logging.INFO
+        formatted = client.update_log_settings({"log_format": "ISO8601"}, as_json=True)
+        assert formatted["settings"]["log_format"]["string_param"] == "ISO8601"
+        for bad in ({"log_file": "/tmp/server.log"}, {"log_format": "fancy"}):
+            with pytest.raises(triton.InferenceServerException) as info:
+                client.update_log_settings(bad)
+            assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert client.get_log_settings(as_json=True)["settings"]["log_format"]["string_param"] == (
+            "ISO8601"
+        )
+    finally:
+        client.update_log_settings({"log_format": "default", "log_verbose_level": 0})
+        client.close()
+
+
+def test_iso8601_timestamps_follow_log_format(telemetry_server) -> None:
+    from batchwire.telemetry.logs import LogControl
+
+    formatter = TextFormatter()
+    record = logging.LogRecord("batchwire.x", logging.INFO, __file__, 1, "hello", None, None)
+    control = LogControl()
+    try:
+        control.update({"log_format": "ISO8601"})
+        assert formatter.formatTime(record).endswith("Z") and "T" in formatter.formatTime(record)
+    finally:
+        control.update({"log_format": "default"})
+    assert "T" not in formatter.formatTime(record)
+
+
+def test_json_logs_carry_trace_and_span_ids_inside_a_span() -> None:
+    stream = io.StringIO()
+    handler = make_handler("json", stream)
+    logger = logging.getLogger("batchwire.test.json")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    context = SpanContext(0xABC, 0xDEF, False, TraceFlags(TraceFlags.SAMPLED))
+    try:
+        with trace.use_span(NonRecordingSpan(context)):
+            logger.info("inside %s", "a span")
+        logger.warning("outside")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    inside, outside, failed = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert inside["message"] == "inside a span" and inside["level"] == "INFO"
+    assert inside["trace_id"] == f"{0xABC:032x}" and inside["span_id"] == f"{0xDEF:016x}"
+    assert inside["logger"] == "batchwire.test.json" and inside["timestamp"].endswith("Z")
+    assert "trace_id" not in outside
+    assert "ValueError: boom" in failed["exception"]
+
+
+def test_text_logs_append_trace_ids_inside_a_span() -> None:
+    stream = io.StringIO()
+    handler = make_handler("text", stream)
+    logger = logging.getLogger("batchwire.test.text")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    context = SpanContext(0x1, 0x2, False, TraceFlags(TraceFlags.SAMPLED))
+    try:
+        with trace.use_span(NonRecordingSpan(context)):
+            logger.info("traced")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().rstrip().endswith(f"trace_id={1:032x} span_id={2:016x}")
+
+
+def test_serve_command_has_the_observability_flags() -> None:
+    from batchwire.server.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in (
+        "--metrics-port",
+        "--trace-mode",
+        "--trace-rate",
+        "--trace-exporter",
+        "--trace-endpoint",
+        "--log-format",
+    ):
+        assert flag in result.output
+    bad = CliRunner().invoke(app, ["serve", "--trace-mode", "sometimes"])
+    assert bad.exit_code != 0

@@ -1,0 +1,112 @@
+"""End to end: spans leave the server over OTLP (gRPC and HTTP) and reach a real receiver."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from testsupport import start_server
+
+from batchwire.clients import InferenceClient
+from batchwire.telemetry.receiver import OtlpReceiver
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+def _send_traced_requests(address: str, count: int = 3) -> None:
+    x = np.ones((1, 64), np.float32)
+    with InferenceClient(address) as client:
+        for _ in range(count):
+            client.infer(
+                "mlp", {"INPUT__0": x}, headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+            )
+
+
+def test_spans_reach_an_otlp_grpc_receiver_with_the_callers_trace_id(
+    examples_repository, monkeypatch
+) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "batchwire-e2e")
+    with OtlpReceiver() as receiver:
+        server = start_server(
+            examples_repository,
+            trace_mode="ratio",
+            trace_rate=0.0,  # only requests with a sampled parent
+            trace_exporter="otlp-grpc",
+            trace_endpoint=f"127.0.0.1:{receiver.port}",
+        )
+        try:
+            _send_traced_requests(server.address)
+            with InferenceClient(server.address) as client:  # no traceparent: not sampled
+                client.infer("mlp", {"INPUT__0": np.ones((1, 64), np.float32)})
+            server.server.telemetry.tracing.flush()
+            spans = receiver.wait_for(
+                lambda spans: sum(s.name == "ModelInfer" for s in spans) >= 3, timeout=15
+            )
+        finally:
+            server.stop()
+    requests = [s for s in spans if s.name == "ModelInfer"]
+    assert len(requests) == 3
+    for span in requests:
+        assert span.trace_id.hex() == TRACE_ID
+        assert span.parent_span_id.hex() == PARENT_ID
+        assert span.kind == span.SPAN_KIND_SERVER
+    names = {s.name for s in spans if s.trace_id.hex() == TRACE_ID}
+    assert {"ModelInfer", "queue", "compute"} <= names
+    batches = [s for s in spans if s.name == "batch"]
+    assert batches and all(link.trace_id.hex() == TRACE_ID for b in batches for link in b.links)
+    assert receiver.services == {"batchwire-e2e"}
+
+
+class _OtlpHttpHandler(BaseHTTPRequestHandler):
+    received: list[trace_service_pb2.ExportTraceServiceRequest]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        self.server.received.append((self.path, request))  # type: ignore[attr-defined]
+        payload = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_spans_reach_an_otlp_http_receiver(examples_repository) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _OtlpHttpHandler)
+    httpd.received = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        server = start_server(
+            examples_repository,
+            trace_mode="always",
+            trace_exporter="otlp-http",
+            trace_endpoint=f"127.0.0.1:{httpd.server_address[1]}",
+        )
+        try:
+            _send_traced_requests(server.address, count=2)
+            server.server.telemetry.tracing.flush()
+        finally:
+            server.stop()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    received = httpd.received  # type: ignore[attr-defined]
+    assert received and {path for path, _ in received} == {"/v1/traces"}
+    spans = [
+        span
+        for _, request in received
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    requests = [s for s in spans if s.name == "ModelInfer"]
+    assert len(requests) == 2 and all(s.trace_id.hex() == TRACE_ID for s in requests)
