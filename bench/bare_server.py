@@ -10,7 +10,6 @@ run as batchwire to measure what batchwire's own layers cost.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import grpc
 
@@ -51,7 +50,10 @@ class BareServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _respond(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         response = pb.ModelInferResponse(
-            model_name=request.model_name, model_version="1", id=request.id, raw_output_contents=[self._output]
+            model_name=request.model_name,
+            model_version="1",
+            id=request.id,
+            raw_output_contents=[self._output],
         )
         response.outputs.add(name="OUTPUT__0", datatype="FP32", shape=[1, 10])
         return response

@@ -85,7 +85,12 @@ def measure(address: str, model: str, concurrency: int, plan: Plan) -> dict:
     request = build_request(model, sample_inputs(model))
     before = _statistics(address, model)
     result = run_load(
-        address, request, items_per_request=1, concurrency=concurrency, seconds=plan.seconds, warmup=plan.warmup
+        address,
+        request,
+        items_per_request=1,
+        concurrency=concurrency,
+        seconds=plan.seconds,
+        warmup=plan.warmup,
     )
     after = _statistics(address, model)
     row = {"model": model, **result.summary(), "mean_batch": None}
@@ -137,7 +142,8 @@ def run(out: Path, plan: Plan) -> dict:
         "met": {
             "cnn_served_over_raw": ratios["cnn_served_over_raw"] >= TARGETS["cnn_served_over_raw"],
             "mlp_over_null": ratios["mlp_over_null"] >= TARGETS["mlp_over_null"],
-            "low_load_overhead_ms": ratios["low_load_overhead_ms"] <= TARGETS["low_load_overhead_ms"],
+            "low_load_overhead_ms": ratios["low_load_overhead_ms"]
+            <= TARGETS["low_load_overhead_ms"],
         },
         "references": {
             "raw_cnn_items_per_s_at_served_batch": round(raw_cnn, 1),

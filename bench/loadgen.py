@@ -60,7 +60,12 @@ def build_request(model: str, inputs: dict[str, np.ndarray]) -> pb.ModelInferReq
 
 
 async def _drive(
-    address: str, request: pb.ModelInferRequest, items: int, concurrency: int, warmup: float, seconds: float
+    address: str,
+    request: pb.ModelInferRequest,
+    items: int,
+    concurrency: int,
+    warmup: float,
+    seconds: float,
 ) -> LoadResult:
     options = [("grpc.max_receive_message_length", 2**31 - 1)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:

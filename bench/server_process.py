@@ -24,10 +24,21 @@ def _free_port() -> int:
 class ServerProcess:
     """``python -m batchwire serve`` on 127.0.0.1; a context manager that waits until ready."""
 
-    def __init__(self, repository: Path | None, *extra_args: str, log_path: Path | None = None) -> None:
+    def __init__(
+        self, repository: Path | None, *extra_args: str, log_path: Path | None = None
+    ) -> None:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "batchwire", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        args = [
+            sys.executable,
+            "-m",
+            "batchwire",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if repository is not None:
             args += ["--model-repository", str(repository)]
         self._args = [*args, *extra_args]
@@ -36,7 +47,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         log = open(self._log_path, "w") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._proc = subprocess.Popen(self._args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self._proc = subprocess.Popen(
+            self._args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+        )
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)

@@ -96,7 +96,9 @@ class BatchingSpec:
                 f"preferred_batch_size entries must be positive, got {list(self.preferred_batch_sizes)}"
             )
         if self.max_queue_delay_us < 0:
-            raise ValueError(f"max_queue_delay_microseconds must be >= 0, got {self.max_queue_delay_us}")
+            raise ValueError(
+                f"max_queue_delay_microseconds must be >= 0, got {self.max_queue_delay_us}"
+            )
         levels = self.priority_levels
         if levels and not 1 <= self.default_priority_level <= levels:
             raise ValueError(

@@ -30,6 +30,8 @@ class DataPlane:
         spec = served.spec
         batcher = served.batcher
         if spec is None or batcher is None:
-            raise ModelNotReadyError(f"model '{served.name}' version '{served.version}' is not ready")
+            raise ModelNotReadyError(
+                f"model '{served.name}' version '{served.version}' is not ready"
+            )
         validate_request(spec, request, datatypes)
         return await batcher.submit(request)

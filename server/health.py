@@ -34,7 +34,9 @@ class HealthReporter:
     async def refresh(self) -> None:
         """Publish the current state of the server and every model."""
         for served in self._registry.index():
-            await self.servicer.set(served.name, _SERVING if self._model_ready(served.name) else _NOT_SERVING)
+            await self.servicer.set(
+                served.name, _SERVING if self._model_ready(served.name) else _NOT_SERVING
+            )
         await self.set_server(self._registry.all_ready)
 
     async def shutdown(self) -> None:

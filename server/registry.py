@@ -168,7 +168,9 @@ class ModelRegistry:
 
     @staticmethod
     def _unready_reason(entry: _ModelVersions) -> str:
-        reasons = [f"version {m.version}: {m.reason or m.state.value}" for m in entry.versions.values()]
+        reasons = [
+            f"version {m.version}: {m.reason or m.state.value}" for m in entry.versions.values()
+        ]
         return "; ".join(reasons) or "no versions found"
 
     # Lifecycle ----------------------------------------------------------
@@ -272,7 +274,9 @@ class ModelRegistry:
             try:
                 await served.batcher.stop(drain=True)
             except Exception:
-                log.exception("error while stopping model '%s' version %s", served.name, served.version)
+                log.exception(
+                    "error while stopping model '%s' version %s", served.name, served.version
+                )
             served.batcher = None
             served.state = ModelState.UNAVAILABLE
             served.reason = "unloaded"

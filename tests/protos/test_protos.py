@@ -37,7 +37,9 @@ def _enums(enum: EnumDescriptor) -> dict[str, int]:
 def _compare_message(ours: Descriptor, theirs: Descriptor) -> list[str]:
     problems = []
     if _fields(ours) != _fields(theirs):
-        problems.append(f"{ours.full_name}: fields differ:\n ours {_fields(ours)}\n triton {_fields(theirs)}")
+        problems.append(
+            f"{ours.full_name}: fields differ:\n ours {_fields(ours)}\n triton {_fields(theirs)}"
+        )
     for name, nested in theirs.nested_types_by_name.items():
         if name not in ours.nested_types_by_name:
             problems.append(f"{ours.full_name}: missing nested message {name}")
@@ -52,10 +54,15 @@ def _compare_message(ours: Descriptor, theirs: Descriptor) -> list[str]:
 
 @pytest.mark.parametrize(
     ("ours", "theirs"),
-    [(grpc_service_pb2.DESCRIPTOR, triton_service.DESCRIPTOR), (model_config_pb2.DESCRIPTOR, triton_config.DESCRIPTOR)],
+    [
+        (grpc_service_pb2.DESCRIPTOR, triton_service.DESCRIPTOR),
+        (model_config_pb2.DESCRIPTOR, triton_config.DESCRIPTOR),
+    ],
     ids=["grpc_service", "model_config"],
 )
-def test_messages_are_wire_identical_to_triton(ours: FileDescriptor, theirs: FileDescriptor) -> None:
+def test_messages_are_wire_identical_to_triton(
+    ours: FileDescriptor, theirs: FileDescriptor
+) -> None:
     assert ours.package == theirs.package == "inference"
     problems = []
     for name, message in theirs.message_types_by_name.items():
@@ -74,7 +81,12 @@ def test_service_declares_all_twenty_rpcs_like_triton() -> None:
     theirs = triton_service.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert ours.full_name == "inference.GRPCInferenceService"
     signature = lambda s: {  # noqa: E731
-        m.name: (m.input_type.full_name, m.output_type.full_name, m.client_streaming, m.server_streaming)
+        m.name: (
+            m.input_type.full_name,
+            m.output_type.full_name,
+            m.client_streaming,
+            m.server_streaming,
+        )
         for m in s.methods
     }
     assert len(ours.methods) == 20
@@ -82,12 +94,20 @@ def test_service_declares_all_twenty_rpcs_like_triton() -> None:
 
 
 def test_key_field_numbers() -> None:
-    assert grpc_service_pb2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number == 7
-    assert grpc_service_pb2.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number == 6
+    assert (
+        grpc_service_pb2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
+        == 7
+    )
+    assert (
+        grpc_service_pb2.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number
+        == 6
+    )
 
 
 def test_bytes_round_trip_between_implementations() -> None:
-    request = grpc_service_pb2.ModelInferRequest(model_name="m", id="7", raw_input_contents=[b"\x01\x02"])
+    request = grpc_service_pb2.ModelInferRequest(
+        model_name="m", id="7", raw_input_contents=[b"\x01\x02"]
+    )
     request.inputs.add(name="INPUT__0", datatype="UINT8", shape=[2])
     request.parameters["priority"].int64_param = 2
     theirs = triton_service.ModelInferRequest.FromString(request.SerializeToString())

@@ -38,7 +38,9 @@ def test_examples_export_writes_a_triton_repository(tmp_path: Path) -> None:
     assert "unknown example(s) resnet" in bad.output
 
 
-def wait_ready(client: triton.InferenceServerClient, proc: subprocess.Popen, timeout: float) -> None:
+def wait_ready(
+    client: triton.InferenceServerClient, proc: subprocess.Popen, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"server exited early with {proc.returncode}"
@@ -68,7 +70,11 @@ def test_serve_with_no_flags_answers_tritonclient_and_stops_on_sigterm() -> None
         x = triton.InferInput("INPUT__0", [1, 64], "FP32")
         x.set_data_from_numpy(np.ones((1, 64), np.float32))
         assert client.infer("mlp", [x]).as_numpy("OUTPUT__0").shape == (1, 10)
-        assert {m.name for m in client.get_model_repository_index().models} >= {"mlp", "cnn", "text"}
+        assert {m.name for m in client.get_model_repository_index().models} >= {
+            "mlp",
+            "cnn",
+            "text",
+        }
     finally:
         client.close()
         proc.send_signal(signal.SIGTERM)
@@ -81,25 +87,65 @@ def test_serve_with_no_flags_answers_tritonclient_and_stops_on_sigterm() -> None
 def test_built_wheel_imports_and_runs_help(tmp_path: Path) -> None:
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO_ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(REPO_ROOT),
+        ],
         check=True,
     )
     (wheel,) = wheel_dir.glob("batchwire-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for expected in ("batchwire/server/cli.py", "batchwire/protos/grpc_service_pb2.py", "batchwire/batching/__init__.py", "batchwire/protos/grpc_service.proto"):
+    for expected in (
+        "batchwire/server/cli.py",
+        "batchwire/protos/grpc_service_pb2.py",
+        "batchwire/batching/__init__.py",
+        "batchwire/protos/grpc_service.proto",
+    ):
         assert expected in names
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         check=True,
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = subprocess.run(
-        [sys.executable, "-c", "import batchwire.server.servicer, batchwire.batching, batchwire.clients; print(batchwire.__file__)"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import batchwire.server.servicer, batchwire.batching, batchwire.clients; print(batchwire.__file__)",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert probe.stdout.strip().startswith(str(target))
     script = target / "bin" / "batchwire"
-    result = subprocess.run([sys.executable, str(script), "--help"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "serve" in result.stdout

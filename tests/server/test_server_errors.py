@@ -16,7 +16,9 @@ def stub(server_address: str):
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
 
-def mlp_request(shape=(1, 64), datatype="FP32", raw: bytes | None = None, name="INPUT__0", **fields):
+def mlp_request(
+    shape=(1, 64), datatype="FP32", raw: bytes | None = None, name="INPUT__0", **fields
+):
     request = pb.ModelInferRequest(model_name=fields.pop("model_name", "mlp"), **fields)
     request.inputs.add(name=name, datatype=datatype, shape=shape)
     if raw is None:
@@ -36,22 +38,40 @@ def assert_error(stub, request, code: grpc.StatusCode, *fragments: str) -> None:
 def test_unknown_model_and_version(stub) -> None:
     assert_error(stub, mlp_request(model_name="nope"), grpc.StatusCode.NOT_FOUND, "model 'nope'")
     assert_error(
-        stub, mlp_request(model_version="3"), grpc.StatusCode.NOT_FOUND, "no version '3'", "available versions: 1"
+        stub,
+        mlp_request(model_version="3"),
+        grpc.StatusCode.NOT_FOUND,
+        "no version '3'",
+        "available versions: 1",
     )
 
 
 @pytest.mark.parametrize(
     ("request_kwargs", "fragments"),
     [
-        ({"datatype": "INT32", "raw": np.zeros((1, 64), np.int32).tobytes()}, ["input 'INPUT__0'", "expected datatype FP32, got INT32"]),
+        (
+            {"datatype": "INT32", "raw": np.zeros((1, 64), np.int32).tobytes()},
+            ["input 'INPUT__0'", "expected datatype FP32, got INT32"],
+        ),
         ({"datatype": "FP99"}, ["unknown datatype 'FP99'"]),
         ({"shape": (1, 63)}, ["input 'INPUT__0'", "expected shape [-1,64], got [1,63]"]),
-        ({"shape": (64,), "raw": np.zeros(64, np.float32).tobytes()}, ["expected shape [-1,64], got [64]"]),
+        (
+            {"shape": (64,), "raw": np.zeros(64, np.float32).tobytes()},
+            ["expected shape [-1,64], got [64]"],
+        ),
         ({"raw": b"\0" * 255}, ["expected 256 bytes for FP32 shape [1, 64], got 255"]),
         ({"name": "WRONG"}, ["has no input 'WRONG'", "expected inputs: INPUT__0"]),
         ({"shape": (65, 64)}, ["batch size 65 exceeds max_batch_size 64"]),
     ],
-    ids=["datatype", "unknown-datatype", "shape", "missing-batch-dim", "byte-size", "unknown-input", "batch-too-big"],
+    ids=[
+        "datatype",
+        "unknown-datatype",
+        "shape",
+        "missing-batch-dim",
+        "byte-size",
+        "unknown-input",
+        "batch-too-big",
+    ],
 )
 def test_invalid_argument(stub, request_kwargs, fragments) -> None:
     assert_error(stub, mlp_request(**request_kwargs), grpc.StatusCode.INVALID_ARGUMENT, *fragments)
@@ -59,32 +79,53 @@ def test_invalid_argument(stub, request_kwargs, fragments) -> None:
 
 def test_missing_input(stub) -> None:
     request = pb.ModelInferRequest(model_name="mlp")
-    assert_error(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "input 'INPUT__0' is missing", "FP32 [-1,64]")
+    assert_error(
+        stub,
+        request,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'INPUT__0' is missing",
+        "FP32 [-1,64]",
+    )
 
 
 def test_raw_and_typed_contents_together(stub) -> None:
     request = mlp_request()
     request.inputs[0].contents.fp32_contents.extend([0.0] * 64)
-    assert_error(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "both in contents and raw_input_contents")
+    assert_error(
+        stub, request, grpc.StatusCode.INVALID_ARGUMENT, "both in contents and raw_input_contents"
+    )
 
 
 def test_raw_count_mismatch(stub) -> None:
     request = mlp_request()
     request.raw_input_contents.append(b"extra")
-    assert_error(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "one raw_input_contents entry per input (1), got 2")
+    assert_error(
+        stub,
+        request,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "one raw_input_contents entry per input (1), got 2",
+    )
 
 
 def test_typed_contents_wrong_count(stub) -> None:
     request = pb.ModelInferRequest(model_name="mlp")
     tensor = request.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 64])
     tensor.contents.fp32_contents.extend([1.0] * 3)
-    assert_error(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "expected 64 values in contents.fp32_contents", "got 3")
+    assert_error(
+        stub,
+        request,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "expected 64 values in contents.fp32_contents",
+        "got 3",
+    )
 
 
 def test_unknown_requested_output(stub) -> None:
     request = mlp_request()
     request.outputs.add(name="NOPE")
-    assert_error(stub, request, grpc.StatusCode.INVALID_ARGUMENT, "has no output 'NOPE'", "OUTPUT__0")
+    assert_error(
+        stub, request, grpc.StatusCode.INVALID_ARGUMENT, "has no output 'NOPE'", "OUTPUT__0"
+    )
 
 
 def test_sequence_requests_are_refused(stub) -> None:

@@ -72,7 +72,9 @@ def test_tritonclient_gets_the_reference_outputs(tclient, model: str) -> None:
     inputs = example_inputs(model, batch=3)
     infer_inputs = []
     for name, array in inputs.items():
-        tensor = triton.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
+        tensor = triton.InferInput(
+            name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64"
+        )
         tensor.set_data_from_numpy(array)
         infer_inputs.append(tensor)
     result = tclient.infer(model, infer_inputs, request_id="abc")
@@ -89,7 +91,10 @@ def test_requested_output_subset_and_order(stub) -> None:
     assert [o.name for o in response.outputs] == ["TOKEN_NORMS"]
     assert len(response.raw_output_contents) == 1
     np.testing.assert_allclose(
-        decode(response)["TOKEN_NORMS"], reference_outputs("text", inputs)["TOKEN_NORMS"], rtol=1e-5, atol=1e-5
+        decode(response)["TOKEN_NORMS"],
+        reference_outputs("text", inputs)["TOKEN_NORMS"],
+        rtol=1e-5,
+        atol=1e-5,
     )
     both = raw_request("text", inputs)
     both.outputs.add(name="TOKEN_NORMS")
@@ -103,7 +108,9 @@ def test_typed_contents_are_accepted(stub) -> None:
     tensor = request.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 64])
     tensor.contents.fp32_contents.extend(x.ravel().tolist())
     out = decode(stub.ModelInfer(request))["OUTPUT__0"]
-    np.testing.assert_allclose(out, reference_outputs("mlp", {"INPUT__0": x})["OUTPUT__0"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out, reference_outputs("mlp", {"INPUT__0": x})["OUTPUT__0"], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_stream_infer_with_tritonclient(tclient) -> None:
@@ -131,7 +138,9 @@ def test_stream_infer_with_tritonclient(tclient) -> None:
         tclient.stop_stream()
     assert set(got) == set(sent)
     for rid, x in sent.items():
-        np.testing.assert_allclose(got[rid], reference_outputs("mlp", {"INPUT__0": x})["OUTPUT__0"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            got[rid], reference_outputs("mlp", {"INPUT__0": x})["OUTPUT__0"], rtol=1e-5, atol=1e-5
+        )
     assert len(errors) == 1 and "expected shape [-1,64], got [1,3]" in errors[0]
 
 

@@ -49,10 +49,16 @@ def test_server_metadata_is_honest(tclient) -> None:
 def test_model_metadata_has_batch_dimension(tclient) -> None:
     mlp = tclient.get_model_metadata("mlp")
     assert mlp.name == "mlp" and list(mlp.versions) == ["1"]
-    assert [(t.name, t.datatype, list(t.shape)) for t in mlp.inputs] == [("INPUT__0", "FP32", [-1, 64])]
-    assert [(t.name, t.datatype, list(t.shape)) for t in mlp.outputs] == [("OUTPUT__0", "FP32", [-1, 10])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in mlp.inputs] == [
+        ("INPUT__0", "FP32", [-1, 64])
+    ]
+    assert [(t.name, t.datatype, list(t.shape)) for t in mlp.outputs] == [
+        ("OUTPUT__0", "FP32", [-1, 10])
+    ]
     text = tclient.get_model_metadata("text")
-    assert [(t.name, t.datatype, list(t.shape)) for t in text.inputs] == [("TOKENS", "INT64", [-1, -1])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in text.inputs] == [
+        ("TOKENS", "INT64", [-1, -1])
+    ]
     cnn = tclient.get_model_metadata("cnn", "1")
     assert list(cnn.inputs[0].shape) == [-1, 3, 64, 64]
 
@@ -89,7 +95,9 @@ def test_health_service_reports_server_and_models(server_address: str) -> None:
         assert health.Check(health_pb2.HealthCheckRequest(service="")).status == serving
         assert health.Check(health_pb2.HealthCheckRequest(service="mlp")).status == serving
         assert (
-            health.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")).status
+            health.Check(
+                health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
+            ).status
             == serving
         )
         with pytest.raises(grpc.RpcError) as err:
@@ -102,7 +110,9 @@ def test_reflection_lists_and_describes_the_service(server_address: str) -> None
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         requests = [
             reflection_pb2.ServerReflectionRequest(list_services=""),
-            reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService"),
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="inference.GRPCInferenceService"
+            ),
             reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health"),
         ]
         listed, described, health = list(stub.ServerReflectionInfo(iter(requests)))

@@ -67,7 +67,9 @@ def test_every_datatype_round_trips_through_our_stubs(stub) -> None:
     arrays = {dt: sample(dt) for dt in ALL_DATATYPES}
     for dt, array in arrays.items():
         request.inputs.add(name=f"IN_{dt}", datatype=dt, shape=array.shape)
-        request.raw_input_contents.append(serialize_bytes(array) if dt == "BYTES" else array.tobytes())
+        request.raw_input_contents.append(
+            serialize_bytes(array) if dt == "BYTES" else array.tobytes()
+        )
     response = stub.ModelInfer(request)
     got = {}
     for out, raw in zip(response.outputs, response.raw_output_contents, strict=True):
@@ -75,7 +77,11 @@ def test_every_datatype_round_trips_through_our_stubs(stub) -> None:
         if dt == "BYTES":
             got[dt] = deserialize_bytes(raw, int(np.prod(out.shape))).reshape(tuple(out.shape))
         else:
-            storage = np.uint16 if dt == "BF16" else np.dtype("bool" if dt == "BOOL" else dt.lower().replace("fp", "float"))
+            storage = (
+                np.uint16
+                if dt == "BF16"
+                else np.dtype("bool" if dt == "BOOL" else dt.lower().replace("fp", "float"))
+            )
             got[dt] = np.frombuffer(raw, dtype=storage).reshape(tuple(out.shape))
         assert out.name == f"OUT_{dt}"
     assert set(got) == set(ALL_DATATYPES)
@@ -125,7 +131,9 @@ def test_typed_contents_for_every_datatype_that_has_them(stub) -> None:
             got = np.frombuffer(raw, dtype=arrays[dt].dtype).reshape(tuple(out.shape))
         np.testing.assert_array_equal(got, arrays[dt], err_msg=dt)
     fp16 = pb.ModelInferRequest(model_name="echo")
-    fp16.inputs.add(name="IN_FP16", datatype="FP16", shape=[1, 1]).contents.fp32_contents.append(1.0)
+    fp16.inputs.add(name="IN_FP16", datatype="FP16", shape=[1, 1]).contents.fp32_contents.append(
+        1.0
+    )
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelInfer(fp16)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
