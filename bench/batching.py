@@ -12,7 +12,9 @@ same run:
    same server under the same load (target >= 0.85);
 3. latency with one request in flight: served ``mlp`` p50 minus the raw model's
    batch-1 latency (target <= 0.5 ms);
-4. a concurrency sweep per model: throughput, p50/p99 and mean batch size.
+4. a concurrency sweep per model: throughput, p50/p99 and mean batch size;
+5. for context, the bare Python gRPC ceiling (:mod:`batchwire.bench.bare_server`,
+   no model work) under the same load, and the served ``null`` model against it.
 
 It writes ``batching.json`` and ``batching.png`` into ``--out`` and prints the
 three ratios. Targets are reported, never asserted: the figures depend on the
@@ -35,7 +37,7 @@ import torch
 
 from batchwire.bench.loadgen import build_request, run_load
 from batchwire.bench.raw import load_torchscript, raw_latency_ms, raw_throughput
-from batchwire.bench.server_process import ServerProcess
+from batchwire.bench.server_process import BareServerProcess, ServerProcess
 
 TARGETS = {"cnn_served_over_raw": 0.90, "mlp_over_null": 0.85, "low_load_overhead_ms": 0.5}
 
@@ -114,6 +116,8 @@ def run(out: Path, plan: Plan) -> dict:
             null = measure(address, "null", 32, plan)
             cnn = measure(address, "cnn", plan.saturation, plan)
             sweep = [measure(address, m, c, plan) for m in plan.sweep_models for c in plan.sweep]
+        with BareServerProcess() as bare_server:
+            bare = measure(bare_server.address, "null", 32, plan)
         # The raw references run after the server has gone, on an idle machine.
         mlp_module = load_torchscript(repo / "mlp" / "1" / "model.pt")
         raw_mlp_ms = raw_latency_ms(mlp_module, sample_inputs("mlp")["INPUT__0"])
@@ -128,6 +132,7 @@ def run(out: Path, plan: Plan) -> dict:
         "mlp_over_null": round(mlp["throughput"] / null["throughput"], 3),
         "low_load_overhead_ms": round(low["p50_ms"] - raw_mlp_ms, 3),
     }
+    context = {"null_over_bare_grpc": round(null["throughput"] / bare["throughput"], 3)}
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -138,6 +143,7 @@ def run(out: Path, plan: Plan) -> dict:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "plan": {"seconds": plan.seconds, "warmup": plan.warmup, "sweep": list(plan.sweep)},
         "ratios": ratios,
+        "context": context,
         "targets": TARGETS,
         "met": {
             "cnn_served_over_raw": ratios["cnn_served_over_raw"] >= TARGETS["cnn_served_over_raw"],
@@ -151,7 +157,13 @@ def run(out: Path, plan: Plan) -> dict:
             "raw_cnn_items_per_s_at_batch_32": round(raw_cnn_max, 1),
             "raw_mlp_batch1_ms": round(raw_mlp_ms, 4),
         },
-        "windows": {"low_load_mlp": low, "mlp_c32": mlp, "null_c32": null, "cnn_saturation": cnn},
+        "windows": {
+            "low_load_mlp": low,
+            "mlp_c32": mlp,
+            "null_c32": null,
+            "cnn_saturation": cnn,
+            "bare_grpc_c32": bare,
+        },
         "sweep": sweep,
     }
     (out / "batching.json").write_text(json.dumps(report, indent=2))
@@ -199,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in report["ratios"].items():
         verdict = "met" if report["met"][key] else "MISSED"
         print(f"{key}: {value} (target {TARGETS[key]}, {verdict})")
+    for key, value in report["context"].items():
+        print(f"{key}: {value} (context, no target)")
     print(f"wrote {ns.out / 'batching.json'} and {ns.out / 'batching.png'}")
     return 0
 

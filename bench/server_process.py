@@ -80,3 +80,11 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class BareServerProcess(ServerProcess):
+    """:mod:`batchwire.bench.bare_server` (no model work) on a free loopback port."""
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        super().__init__(None, log_path=log_path)
+        self._args = [sys.executable, "-m", "batchwire.bench.bare_server", "--port", str(self.port)]
