@@ -29,6 +29,7 @@ from batchwire.core.datatypes import (
     v2_of_numpy,
 )
 from batchwire.protos import grpc_service_pb2 as pb
+from batchwire.protos.contents import CONTENTS_FIELDS as PROTOCOL_CONTENTS_FIELDS
 
 __all__ = [
     "InferInput",
@@ -46,21 +47,12 @@ __all__ = [
 
 #: Typed ``InferTensorContents`` field that carries each datatype (FP16 and
 #: BF16 have no field of their own; they travel as ``fp32_contents``).
+#: The typed field per datatype; this client also reads FP16/BF16 from fp32_contents,
+#: which the protocol leaves undefined (some servers send them that way).
 CONTENTS_FIELDS: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
+    **PROTOCOL_CONTENTS_FIELDS,
     "FP16": "fp32_contents",
     "BF16": "fp32_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
 }
 
 

@@ -17,22 +17,7 @@ from batchwire.core.errors import InvalidInputError, UnsupportedError
 from batchwire.core.spec import ModelSpec
 from batchwire.core.types import InferenceRequest, InferenceResult
 from batchwire.protos import grpc_service_pb2 as pb
-
-#: Which InferTensorContents field carries each datatype (FP16/BF16 have none).
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+from batchwire.protos.contents import CONTENTS_FIELDS
 
 #: Request parameters that select features batchwire does not implement.
 _UNSUPPORTED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
@@ -83,7 +68,7 @@ def _decode_tensor(
                 f"shape {list(shape)}, got {len(raw)}"
             )
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
-    field = _CONTENTS_FIELD.get(datatype)
+    field = CONTENTS_FIELDS.get(datatype)
     if field is None:
         raise InvalidInputError(
             f"model '{model}' input '{name}': {datatype} data must be sent in "
