@@ -6,12 +6,10 @@
   ``model.py``; pickled modules only with ``allow_pickle``);
 * :func:`load_config` / :func:`config_to_spec` read one config into a filled
   ``ModelConfig`` and a :class:`~batchwire.core.spec.ModelSpec`;
-* :func:`resolve_devices` places a spec's instances on devices.
 """
 
 from batchwire.server.repository.config import load_config, parse_config_text
 from batchwire.server.repository.convert import config_to_spec
-from batchwire.server.repository.devices import resolve_devices
 from batchwire.server.repository.loaders import load_model
 from batchwire.server.repository.platforms import Format
 from batchwire.server.repository.repository import ModelRepository
@@ -28,6 +26,5 @@ __all__ = [
     "load_config",
     "load_model",
     "parse_config_text",
-    "resolve_devices",
     "select_versions",
 ]

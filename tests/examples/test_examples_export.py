@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from batchwire.batching import resolve_devices
 from batchwire.examples import (
     EXAMPLE_NAMES,
     build_model,
@@ -17,7 +18,7 @@ from batchwire.examples import (
     reference_outputs,
     sample_inputs,
 )
-from batchwire.server.repository import ModelRepository, resolve_devices
+from batchwire.server.repository import ModelRepository
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
