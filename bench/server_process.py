@@ -1,4 +1,4 @@
-"""Run ``batchwire serve`` in a subprocess on a free loopback port (benchmarks, load tests)."""
+"""Run ``batchwire serve`` in a subprocess on a free loopback port (benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,9 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
-
-from batchwire.protos import grpc_service_pb2 as pb
-from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
+from batchwire.clients.readiness import ServerNotReadyError, wait_until_ready
 
 
 def _free_port() -> int:
@@ -38,42 +34,44 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            # Benchmarks start several servers; the metrics endpoint is not what they measure.
+            "--metrics-port",
+            "0",
         ]
         if repository is not None:
             args += ["--model-repository", str(repository)]
         self._args = [*args, *extra_args]
         self._log_path = log_path
         self._proc: subprocess.Popen | None = None
+        self._log = None
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
-        log = open(self._log_path, "w") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log = open(self._log_path, "w") if self._log_path else None  # noqa: SIM115
         self._proc = subprocess.Popen(
-            self._args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+            self._args,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
         )
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    raise RuntimeError(f"batchwire serve exited with {self._proc.returncode}")
-                try:
-                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
-                        return self
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"batchwire serve was not ready within {timeout} s")
+        try:
+            wait_until_ready(self.address, timeout, self._proc)
+        except ServerNotReadyError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        """Terminate the server (SIGTERM, then SIGKILL after 30 s) and close its log."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> ServerProcess:
         return self.start()

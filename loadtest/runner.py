@@ -243,28 +243,13 @@ class ManagedServer:
 
 def wait_until_ready(target: str, timeout: float, process: subprocess.Popen | None = None) -> None:
     """Poll ServerReady until true; LoadTestError on timeout or when ``process`` exits."""
-    import grpc
+    from batchwire.clients.readiness import ServerNotReadyError
+    from batchwire.clients.readiness import wait_until_ready as wait_ready
 
-    from batchwire.protos import grpc_service_pb2 as pb
-    from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
-
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise LoadTestError(
-                    f"server exited with code {process.returncode} before it was ready"
-                )
-            try:
-                if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
-                    return
-                last = "ServerReady answered ready=false"
-            except grpc.RpcError as exc:
-                last = f"{exc.code().name}: {exc.details()}"
-            time.sleep(0.25)
-    raise LoadTestError(f"server at {target} not ready after {timeout:g} s ({last})")
+    try:
+        wait_ready(target, timeout, process)
+    except ServerNotReadyError as exc:
+        raise LoadTestError(str(exc)) from None
 
 
 def warm_up(target: str, models: Sequence[str], per_model: int = 8, timeout: float = 60.0) -> None:
