@@ -4,7 +4,8 @@ Subpackages (each a top-level folder of the repository, mapped in pyproject.toml
 ``core`` (protocol-agnostic data plane), ``protos`` (KServe v2 / Triton protobufs),
 ``server`` (gRPC front end, model repository, command line), ``batching`` (queue,
 scheduler, executor), ``clients`` (Python client), ``examples`` (built-in models),
-``loadtest`` (Locust) and ``bench`` (benchmarks).
+``telemetry`` (tracing, metrics, statistics), ``loadtest`` (Locust) and
+``bench`` (benchmarks).
 """
 
 from importlib.metadata import PackageNotFoundError, version
