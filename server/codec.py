@@ -8,7 +8,6 @@ Python loops except for BYTES and typed ``contents`` (which are lists already).
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 
@@ -122,7 +121,6 @@ def decode_infer_request(
         id=msg.id,
         deadline=deadline,
     )
-    request.timings.received_ns = time.perf_counter_ns()
     if msg.parameters:
         for key, value in msg.parameters.items():
             if key == "priority":
