@@ -94,13 +94,3 @@ def validate_request(spec: ModelSpec, request: InferenceRequest, datatypes: dict
                 f"model '{spec.name}' has no output '{name}' (expected outputs: "
                 f"{', '.join(t.name for t in spec.outputs)})"
             )
-    levels = spec.batching.priority_levels if spec.batching else 0
-    if request.priority and levels:
-        if not 1 <= request.priority <= levels:
-            raise InvalidInputError(
-                f"model '{spec.name}': priority {request.priority} is outside the model's "
-                f"priority levels 1..{levels}"
-            )
-    elif request.priority:
-        # Like Triton: a model without priority levels serves every request at one level.
-        request.priority = 0
