@@ -51,8 +51,9 @@ from collections.abc import Sequence
 import torch
 
 from batchwire.batching.assembly import Assembler
-from batchwire.batching.devices import resolve_devices
+from batchwire.batching.devices import resolve_devices, usable_cores
 from batchwire.batching.executor import Executor, Instance, Job
+from batchwire.batching.placement import Placement
 from batchwire.batching.policy import DispatchPolicy
 from batchwire.batching.queue import DONE, QUEUED, TAKEN, Entry, RequestQueue
 from batchwire.core.errors import CancelledError as RequestCancelledError
@@ -73,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
 _perf_ns = time.perf_counter_ns
+_thread_ns = time.thread_time_ns
 _INF = float("inf")
 
 
@@ -98,6 +100,7 @@ class ModelBatcher:
         *,
         observer: BatchObserver | None = None,
         devices: Sequence[torch.device] | None = None,
+        intra_op_threads: int | None = None,
     ) -> None:
         spec = model.spec
         self._model = model
@@ -130,6 +133,14 @@ class ModelBatcher:
         self._preserve = bool(batching and batching.preserve_ordering)
         self._pipelined = not self._solo and self._max_items > 1
         self._executor = Executor(spec, self._assembler, record=self._observer is not None)
+        execution = spec.execution
+        explicit = execution.intra_op_threads or intra_op_threads
+        cpu_instances = sum(1 for d in self._devices if d.type == "cpu")
+        self._placement = Placement(
+            execution.inline_below_us,
+            explicit or max(1, usable_cores() // max(cpu_instances, 1)),
+            adaptive=explicit is None,
+        )
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._instances: list[Instance] = []
@@ -176,7 +187,8 @@ class ModelBatcher:
         instances: list[Instance] = []
         try:
             for index, device in enumerate(self._devices):
-                instance = Instance(index, device, self._spec.name)
+                threads = None if device.type == "cuda" else self._placement.threads
+                instance = Instance(index, device, self._spec.name, threads)
                 instances.append(instance)
                 await loop.run_in_executor(
                     instance.pool, self._executor.load, self._model, instance
@@ -315,7 +327,8 @@ class ModelBatcher:
                     )
                     if hold is not None:
                         break
-            self._dispatch(instance, queue.take(plan, count))
+            if self._dispatch(instance, queue.take(plan, count)):
+                now = _monotonic()  # the batch ran inline: time has passed
         wake = queue.next_expiry() if queue.expiring else None
         if hold is not None and (wake is None or hold < wake):
             wake = hold
@@ -366,33 +379,69 @@ class ModelBatcher:
         self._timer_at = _INF
         self._schedule(when)
 
-    def _dispatch(self, instance: Instance, entries: list[Entry]) -> None:
+    def _dispatch(self, instance: Instance, entries: list[Entry]) -> bool:
+        """Run ``entries`` on ``instance``; True when the batch ran (and was answered) inline.
+
+        A CPU batch runs right here on the loop thread when
+        :class:`~batchwire.batching.placement.Placement` says so (short batches, for
+        which the two thread hand-offs cost more than the batch); otherwise it goes to
+        the instance's worker thread with the intra-op thread count Placement picks.
+        """
+        job = Job(instance, entries)
+        if not instance.cuda:
+            placement = self._placement
+            if placement.run_inline():
+                # One intra-op thread: parallel regions cost more than such batches take.
+                torch.set_num_threads(1)
+                self._run_job(job, Exception)
+                placement.record_inline(job.cpu_ns)
+                self._complete(job)
+                return True
+            job.threads = placement.worker_threads()
         if not instance.busy:
             self._idle -= 1
         instance.busy += 1
         self._jobs += 1
-        job = Job(instance, entries)
         self._running.add(job)
         instance.pool.submit(self._work, job)
+        return False
+
+    def _run_job(self, job: Job, catch: type[BaseException]) -> None:
+        """Run ``job`` in this thread; an exception escaping the executor is a bug (a crash)."""
+        start = _thread_ns()
+        try:
+            self._executor.run_job(job)
+        except catch as exc:  # model errors are caught inside; this is a batchwire bug
+            job.crash = exc
+        finally:
+            job.cpu_ns = _thread_ns() - start
 
     def _work(self, job: Job) -> None:
         """Worker thread: run the job, then post it back to the loop."""
-        try:
-            self._executor.run_job(job)
-        except BaseException as exc:  # a bug, not a model error (those are caught inside)
-            job.crash = exc
+        if job.threads:
+            torch.set_num_threads(job.threads)  # this thread only; 0.2 us
+        # BaseException too: whatever happens, the job must get back to answer its requests.
+        self._run_job(job, BaseException)
         # RuntimeError: the loop is closed, nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._job_done, job)  # type: ignore[union-attr]
 
     def _job_done(self, job: Job) -> None:
-        """Loop thread: a batch came back; answer its requests, then schedule again."""
+        """Loop thread: a batch came back from a worker; answer it, then schedule again."""
         self._running.discard(job)
         instance = job.instance
         instance.busy -= 1
         if not instance.busy:
             self._idle += 1
         self._jobs -= 1
+        if not instance.cuda:
+            self._placement.record_worker(job.cpu_ns)
+        self._complete(job)
+        self._schedule()
+        self._check_drained()
+
+    def _complete(self, job: Job) -> None:
+        """Loop thread: answer a finished job's requests and record it."""
         results = job.results
         if job.crash is not None:
             logger.error("%s: internal error running a batch", self._where, exc_info=job.crash)
@@ -417,8 +466,6 @@ class ModelBatcher:
         if observer is not None:
             for record in job.records:
                 self._notify(observer.batch_executed, record)
-        self._schedule()
-        self._check_drained()
 
     # -- answering (loop thread) ---------------------------------------------------
 

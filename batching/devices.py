@@ -13,6 +13,8 @@ Instances are numbered in the order of the groups, then GPUs, then count.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from batchwire.core.errors import ModelLoadError
@@ -47,3 +49,11 @@ def resolve_devices(spec: ModelSpec) -> list[torch.device]:
     if not devices:
         raise ModelLoadError(f"{where}: instance_group yields no instances")
     return devices
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

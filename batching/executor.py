@@ -88,21 +88,31 @@ def is_oom(exc: BaseException) -> bool:
 class Instance:
     """One model instance: device, runner, worker thread and (CUDA) stream + staging."""
 
-    __slots__ = ("busy", "cuda", "device", "index", "pinned", "pool", "runner", "stream")
+    __slots__ = (
+        "busy",
+        "cuda",
+        "device",
+        "index",
+        "pinned",
+        "pool",
+        "runner",
+        "stream",
+        "threads",
+    )
 
-    def __init__(self, index: int, device: torch.device, model_name: str) -> None:
+    def __init__(
+        self, index: int, device: torch.device, model_name: str, threads: int | None = None
+    ) -> None:
+        """``threads``: torch intra-op threads of the worker thread (None: torch's default)."""
         self.index = index
         self.device = device
         self.cuda = device.type == "cuda"
-        initializer = None
-        initargs: tuple = ()
-        if self.cuda:
-            initializer, initargs = torch.cuda.set_device, (device,)
+        self.threads = threads
         self.pool = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix=f"batchwire-{model_name}-{index}",
-            initializer=initializer,
-            initargs=initargs,
+            initializer=_init_worker,
+            initargs=(device if self.cuda else None, threads),
         )
         self.runner: ModelRunner | None = None
         self.stream = None
@@ -125,7 +135,7 @@ class Instance:
 class Job:
     """One batch on its way through a worker and back (results filled by the worker)."""
 
-    __slots__ = ("crash", "entries", "instance", "records", "results")
+    __slots__ = ("cpu_ns", "crash", "entries", "instance", "records", "results", "threads")
 
     def __init__(self, instance: Instance, entries: list[Entry]) -> None:
         self.instance = instance
@@ -133,6 +143,10 @@ class Job:
         self.results: list[tuple[Entry, InferenceResult | InferenceError]] = []
         self.records: list[BatchRecord] = []
         self.crash: BaseException | None = None
+        #: CPU time the running thread spent on the job (written by whichever thread ran it).
+        self.cpu_ns = 0
+        #: Intra-op threads the worker runs it with (0: leave the thread's setting).
+        self.threads = 0
 
 
 class Executor:
@@ -387,6 +401,18 @@ class Executor:
             else:
                 inputs[name] = to_torch(array, datatype).to(device, non_blocking=True)
         return inputs
+
+
+def _init_worker(cuda_device: torch.device | None, threads: int | None) -> None:
+    """Worker-thread start: its CUDA device, and its own intra-op thread count.
+
+    ``torch.set_num_threads`` sets the OpenMP thread count of the calling thread only,
+    so each instance (and the event loop, for inline batches) keeps its own.
+    """
+    if cuda_device is not None:
+        torch.cuda.set_device(cuda_device)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def _clone(error: InferenceError) -> InferenceError:

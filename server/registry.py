@@ -245,7 +245,9 @@ class ModelRegistry:
         try:
             model = await asyncio.to_thread(self.repository.load, source)
             observer = self._observer_factory(source.spec) if self._observer_factory else None
-            batcher = ModelBatcher(model, observer=observer)
+            batcher = ModelBatcher(
+                model, observer=observer, intra_op_threads=self.repository.intra_op_threads
+            )
             await batcher.start()
         except ModelLoadError as exc:
             served.state, served.reason = ModelState.UNAVAILABLE, str(exc)

@@ -21,7 +21,8 @@ class ServerSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     #: Pickled nn.Module files run arbitrary code when loaded; refused unless set.
     allow_pickled_models: bool = False
-    #: torch intra-op threads; None keeps torch's default.
+    #: torch intra-op threads per CPU model instance (a model config may set its own);
+    #: None: adaptive (see batchwire.batching.placement).
     intra_op_threads: int | None = None
     #: Seconds in-flight requests get to finish on shutdown.
     shutdown_grace: float = 10.0

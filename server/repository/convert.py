@@ -10,8 +10,10 @@ from pathlib import Path
 
 from batchwire.core.datatypes import CONFIG_TO_V2
 from batchwire.core.spec import (
+    DEFAULT_INLINE_BELOW_US,
     BatchingSpec,
     DeviceKind,
+    ExecutionSpec,
     InstanceGroupSpec,
     ModelSpec,
     QueuePolicy,
@@ -101,6 +103,15 @@ def _instance_groups(config: mc.ModelConfig) -> tuple[InstanceGroupSpec, ...]:
     )
 
 
+def _execution(fmt: Format, options: BatchwireOptions) -> ExecutionSpec:
+    inline = options.inline_below_us
+    if inline is None:
+        # Python models are arbitrary code that may block (I/O, sleeps, locks): on the
+        # event loop that would stall every model, so they run inline only when asked.
+        inline = 0 if fmt is Format.PYTHON else DEFAULT_INLINE_BELOW_US
+    return ExecutionSpec(intra_op_threads=options.intra_op_threads, inline_below_us=inline)
+
+
 def _warmups(config: mc.ModelConfig, model_dir: Path) -> tuple[WarmupSpec, ...]:
     warmups = []
     for warmup in config.model_warmup:
@@ -141,6 +152,7 @@ def config_to_spec(
             batching=_batching(config, options),
             instance_groups=_instance_groups(config),
             warmup=_warmups(config, model_dir),
+            execution=_execution(fmt, options),
             parameters={key: p.string_value for key, p in sorted(config.parameters.items())},
         )
     except ValueError as exc:

@@ -21,8 +21,18 @@ RAGGED_PAD_VALUE = "batchwire.ragged_pad_value"
 RETRY_BY_HALVES = "batchwire.retry_by_halves"
 SPLIT_ON_OOM = "batchwire.split_on_oom"
 PYTHON_CLASS = "batchwire.python_class"
+INTRA_OP_THREADS = "batchwire.intra_op_threads"
+INLINE_BELOW_US = "batchwire.inline_below_us"
 
-KNOWN_KEYS = (ADAPTIVE_DELAY, RAGGED_PAD_VALUE, RETRY_BY_HALVES, SPLIT_ON_OOM, PYTHON_CLASS)
+KNOWN_KEYS = (
+    ADAPTIVE_DELAY,
+    RAGGED_PAD_VALUE,
+    RETRY_BY_HALVES,
+    SPLIT_ON_OOM,
+    PYTHON_CLASS,
+    INTRA_OP_THREADS,
+    INLINE_BELOW_US,
+)
 #: keys that only matter with dynamic_batching.
 BATCHING_KEYS = (ADAPTIVE_DELAY, RAGGED_PAD_VALUE, RETRY_BY_HALVES, SPLIT_ON_OOM)
 
@@ -41,6 +51,8 @@ class BatchwireOptions:
     retry_by_halves: bool | None = None
     split_on_oom: bool | None = None
     python_class: str = DEFAULT_PYTHON_CLASS
+    intra_op_threads: int | None = None
+    inline_below_us: int | None = None
 
 
 def _field(key: str) -> str:
@@ -70,6 +82,17 @@ def parse_float(value: str, key: str, path: object) -> float:
     return number
 
 
+def parse_int(value: str, key: str, path: object, minimum: int) -> int:
+    """An integer parameter of at least ``minimum``."""
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise load_error(path, _field(key), f"'{value}' is not an integer") from None
+    if number < minimum:
+        raise load_error(path, _field(key), f"must be >= {minimum}, got {number}")
+    return number
+
+
 def parse_options(config: mc.ModelConfig, path: object) -> BatchwireOptions:
     """Parse and check every ``batchwire.*`` parameter of ``config``."""
     params = {key: param.string_value for key, param in config.parameters.items()}
@@ -96,10 +119,16 @@ def parse_options(config: mc.ModelConfig, path: object) -> BatchwireOptions:
             _field(PYTHON_CLASS),
             f"'{python_class}' is not a Python class name (expected an identifier)",
         )
+
+    def integer(key: str, minimum: int) -> int | None:
+        return parse_int(params[key], key, path, minimum) if key in params else None
+
     return BatchwireOptions(
         adaptive_delay=flag(ADAPTIVE_DELAY),
         ragged_pad_value=pad,
         retry_by_halves=flag(RETRY_BY_HALVES),
         split_on_oom=flag(SPLIT_ON_OOM),
         python_class=python_class,
+        intra_op_threads=integer(INTRA_OP_THREADS, 1),
+        inline_below_us=integer(INLINE_BELOW_US, 0),
     )

@@ -23,7 +23,6 @@ from batchwire.server.repository.convert import config_to_spec
 from batchwire.server.repository.errors import load_error
 from batchwire.server.repository.loaders import load_model
 from batchwire.server.repository.source import ModelEntry, ModelVersionSource
-from batchwire.server.repository.threads import set_intra_op_threads
 from batchwire.server.repository.versions import available_versions, select_versions
 
 log = logging.getLogger(__name__)
@@ -33,9 +32,9 @@ class ModelRepository:
     """Discovers and loads the models under ``root``.
 
     ``allow_pickle``: load whole modules saved with ``torch.save`` (unpickling
-    runs code from the file; off by default). ``intra_op_threads``: size of
-    torch's CPU thread pool, set once here for the whole process (None keeps
-    torch's default).
+    runs code from the file; off by default). ``intra_op_threads``: torch
+    intra-op threads of each CPU model instance when its config does not set
+    ``batchwire.intra_op_threads`` (None: see :mod:`batchwire.batching.placement`).
     """
 
     def __init__(
@@ -47,8 +46,9 @@ class ModelRepository:
     ) -> None:
         self.root = Path(root)
         self.allow_pickle = allow_pickle
+        if intra_op_threads is not None and intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be >= 1 or None, got {intra_op_threads}")
         self.intra_op_threads = intra_op_threads
-        set_intra_op_threads(intra_op_threads)
 
     def model_names(self) -> list[str]:
         """Names of the model folders under the root, sorted (hidden folders skipped)."""

@@ -9,7 +9,7 @@ import pytest
 from repository_test_helpers import write_model
 
 from batchwire.core.errors import ModelLoadError
-from batchwire.core.spec import DeviceKind, TimeoutAction
+from batchwire.core.spec import DEFAULT_INLINE_BELOW_US, DeviceKind, TimeoutAction
 from batchwire.server.repository import Format, config_to_spec, load_config
 
 MLP = """
@@ -123,6 +123,8 @@ def test_full_config_converts_to_spec(tmp_path: Path) -> None:
         parameters { key: "batchwire.ragged_pad_value", value: { string_value: "-1.5" } }
         parameters { key: "batchwire.retry_by_halves", value: { string_value: "No" } }
         parameters { key: "batchwire.split_on_oom", value: { string_value: "0" } }
+        parameters { key: "batchwire.intra_op_threads", value: { string_value: "3" } }
+        parameters { key: "batchwire.inline_below_us", value: { string_value: " 0 " } }
         parameters { key: "user.key", value: { string_value: "kept" } }
     """
     model_dir, config, fmt = _load(tmp_path, config_text, name="full")
@@ -154,6 +156,7 @@ def test_full_config_converts_to_spec(tmp_path: Path) -> None:
     assert batching.ragged_pad_value == -1.5
     assert batching.retry_by_halves is False
     assert batching.split_on_oom is False
+    assert (spec.execution.intra_op_threads, spec.execution.inline_below_us) == (3, 0)
 
     kinds = [(g.kind, g.count, g.gpus) for g in spec.instance_groups]
     assert kinds == [
@@ -182,6 +185,9 @@ def test_batchwire_extensions_default_when_unset(tmp_path: Path) -> None:
         True,
     )
     assert batching.ragged_pad_value == 0.0
+    execution = config_to_spec(config, fmt, "1", model_dir, "cfg").execution
+    assert execution.intra_op_threads is None
+    assert execution.inline_below_us == DEFAULT_INLINE_BELOW_US
 
 
 # Each case: config text, files, then substrings the message must hold
@@ -329,6 +335,16 @@ ERROR_CASES = {
         MLP + 'parameters { key: "batchwire.ragged_pad_value", value: { string_value: "zero" } }\n',
         None,
         ["parameters['batchwire.ragged_pad_value'].string_value", "'zero' is not a finite number"],
+    ),
+    "bad integer parameter": (
+        MLP + 'parameters { key: "batchwire.inline_below_us", value: { string_value: "fast" } }\n',
+        None,
+        ["parameters['batchwire.inline_below_us'].string_value", "'fast' is not an integer"],
+    ),
+    "integer parameter below its minimum": (
+        MLP + 'parameters { key: "batchwire.intra_op_threads", value: { string_value: "0" } }\n',
+        None,
+        ["parameters['batchwire.intra_op_threads'].string_value", "must be >= 1, got 0"],
     ),
     "unknown batchwire parameter": (
         MLP + 'parameters { key: "batchwire.adaptive_dealy", value: { string_value: "1" } }\n',
