@@ -14,13 +14,13 @@ request: a server span with ``queue`` and ``compute`` child spans, plus one
 ``batch`` span per batch. Spans go to an exporter that drops them in the server
 (``none``, the default: the cost of sampling, building and queueing spans) or,
 with ``--exporter otlp-grpc``, over OTLP/gRPC to a receiver in this process
-(adds the exporter's protobuf encoding to the server's CPU). With
+(adds span building and protobuf encoding, in the server's exporter process, to the server's CPU). With
 ``--traceparent`` every request carries a sampled W3C traceparent (the
 parent-based path, context extraction included). The load generator is a
 closed loop of ``--concurrency`` asyncio gRPC calls with a pre-encoded request.
 
 Writes ``tracing_overhead.json`` and ``tracing_overhead.png`` into ``--out``:
-every window's throughput (and the server's CPU per request, Linux: ``cpu_ratio``
+every window's throughput (and the CPU per request of the server and its child processes, Linux: ``cpu_ratio``
 = untraced / traced CPU per request), ``ratio``
 = mean traced / mean untraced throughput and ``round_ratio`` = the median of the
 per-round ratios (each traced window over the untraced one just before it;
@@ -108,12 +108,21 @@ async def _window(
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of process ``pid`` (Linux /proc; None elsewhere)."""
+    """User + system CPU time of process ``pid`` and its children, such as the span
+    exporter process (Linux /proc; None elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = task.read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            total += _cpu_seconds(int(child)) or 0.0
+    return total
 
 
 def _run_window(pid: int | None, *args: object) -> dict:
@@ -237,6 +246,13 @@ def run(
             if w["mode"] == mode and "server_cpu_us_per_request" in w
         ]
         cpu[mode] = round(statistics.median(values), 1) if values else None
+    latency = {
+        mode: {
+            key: round(statistics.median(w[key] for w in windows if w["mode"] == mode), 3)
+            for key in ("p50_ms", "p99_ms")
+        }
+        for mode in ("untraced", "traced")
+    }
     report = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "started": started,
@@ -254,6 +270,8 @@ def run(
         "target": TARGET,
         "met": ratio >= TARGET,
         "server_cpu_us_per_request": cpu,
+        #: Median over windows, per mode.
+        "latency_ms": latency,
         # untraced / traced server CPU per request: less sensitive to other load.
         "cpu_ratio": (
             round(cpu["untraced"] / cpu["traced"], 3) if cpu["untraced"] and cpu["traced"] else None
@@ -324,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         f"untraced {report['untraced_rps']} req/s, traced {report['traced_rps']} req/s: "
         f"ratio {report['ratio']}, median per round {report['round_ratio']} "
         f"(target {TARGET}, {verdict}); server CPU us/request "
-        f"{report['server_cpu_us_per_request']}"
+        f"{report['server_cpu_us_per_request']}; latency ms {report['latency_ms']}"
     )
     print(f"wrote {ns.out / 'tracing_overhead.json'} and {ns.out / 'tracing_overhead.png'}")
     return 0

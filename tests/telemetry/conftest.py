@@ -47,10 +47,22 @@ class BatchwireModel:
 def telemetry_repository(
     examples_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """mlp and text (copied from the examples), plus the python models ``failing`` and ``slow``."""
+    """mlp and text (copied from the examples), ``mlp_window`` (the mlp with a fixed
+    200 ms batch window, so concurrent requests share batches), plus the python models
+    ``failing`` and ``slow``."""
     root = tmp_path_factory.mktemp("telemetry-repo")
     for name in ("mlp", "text"):
         shutil.copytree(examples_repository / name, root / name)
+    shutil.copytree(examples_repository / "mlp", root / "mlp_window")
+    config = root / "mlp_window" / "config.pbtxt"
+    text = config.read_text().replace('name: "mlp"', 'name: "mlp_window"')
+    text = text.replace(
+        "dynamic_batching { max_queue_delay_microseconds: 2000 }",
+        "dynamic_batching { max_queue_delay_microseconds: 200000 }\n"
+        'parameters { key: "batchwire.adaptive_delay" value: { string_value: "false" } }',
+    )
+    assert "200000" in text, text
+    config.write_text(text)
     write_python_model(root, "failing", FAILING_MODEL_CONFIG, FAILING_MODEL_SOURCE)
     write_python_model(root, "slow", SLOW_MODEL_CONFIG, SLOW_MODEL_SOURCE)
     return root

@@ -82,7 +82,7 @@ def test_statistics_after_concurrent_requests(telemetry_server, tclient) -> None
 
 def test_all_models_unknown_model_and_version(tclient) -> None:
     every = tclient.get_inference_statistics(as_json=True)["model_stats"]
-    assert {row["name"] for row in every} == {"mlp", "text", "failing", "slow"}
+    assert {row["name"] for row in every} == {"mlp", "mlp_window", "text", "failing", "slow"}
     with pytest.raises(triton.InferenceServerException) as info:
         tclient.get_inference_statistics("no-such-model")
     assert info.value.status() == "StatusCode.NOT_FOUND"

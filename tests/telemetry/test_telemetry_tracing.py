@@ -49,19 +49,23 @@ def test_server_span_is_a_child_of_the_callers_traceparent(telemetry_server, spa
     assert attributes["batchwire.request.id"] == "r-1"
     assert attributes["rpc.method"] == "ModelInfer" and attributes["rpc.grpc.status_code"] == 0
     assert attributes["batchwire.batch.size"] >= 3
-    children = {s.name: s for s in trace if s.parent and s.parent.span_id == server.context.span_id}
-    assert set(children) == {"queue", "compute"}
-    queue, compute = children["queue"], children["compute"]
-    # Retroactive spans on the wall clock: inside the call, in order, nested in the server span.
+    # One span per request: its phases are events on it, not child spans.
+    assert [s for s in trace if s.parent and s.parent.span_id == server.context.span_id] == []
+    names = [e.name for e in server.events]
+    assert names == [
+        "queue_start",
+        "compute_start",
+        "compute_input_end",
+        "compute_output_start",
+        "compute_end",
+        "response_send",
+    ]
+    stamps = [e.timestamp for e in server.events]
+    # Retroactive events on the wall clock: inside the call, in order, inside the span.
     slack = 50_000_000  # wall clock vs perf_counter drift since the server started
-    assert before - slack <= server.start_time <= queue.start_time <= queue.end_time
-    assert queue.end_time == compute.start_time <= compute.end_time <= server.end_time
-    assert server.end_time <= after + slack
-    events = {e.name: e.timestamp for e in compute.events}
-    assert compute.start_time <= events["compute_input_end"] <= events["compute_output_start"]
-    assert events["compute_output_start"] <= compute.end_time
-    (send,) = server.events
-    assert send.name == "response_send" and compute.end_time <= send.timestamp <= server.end_time
+    assert before - slack <= server.start_time <= stamps[0]
+    assert stamps == sorted(stamps)
+    assert stamps[-1] <= server.end_time <= after + slack
 
 
 def test_batch_span_links_every_request_span_in_its_batch(telemetry_server, spans) -> None:
@@ -71,7 +75,7 @@ def test_batch_span_links_every_request_span_in_its_batch(telemetry_server, span
         async with AsyncInferenceClient(telemetry_server.address) as client:
             await asyncio.gather(
                 *(
-                    client.infer("mlp", x(2), headers={"traceparent": traceparent(t)})
+                    client.infer("mlp_window", x(2), headers={"traceparent": traceparent(t)})
                     for t in trace_ids
                 )
             )
@@ -94,7 +98,7 @@ def test_batch_span_links_every_request_span_in_its_batch(telemetry_server, span
     assert any(len(b.links) >= 2 for b in batches), "no batch held two traced requests"
     for batch in batches:
         attributes = dict(batch.attributes)
-        assert attributes["batchwire.model.name"] == "mlp"
+        assert attributes["batchwire.model.name"] == "mlp_window"
         assert attributes["batchwire.model.version"] == "1"
         assert attributes["batchwire.batch.request_count"] == len(batch.links)
         assert attributes["batchwire.batch.size"] == 2 * len(batch.links)
@@ -299,7 +303,7 @@ def test_tracing_off_builds_nothing(examples_repository) -> None:
     server = start_server(examples_repository, trace_mode="off")
     try:
         tracing = server.server.telemetry.tracing
-        assert not tracing.armed and tracing._processor is None
+        assert not tracing.armed and not tracing.exporting
         with InferenceClient(server.address) as client:
             client.infer("mlp", x(), headers={"traceparent": traceparent()})
     finally:
@@ -307,7 +311,7 @@ def test_tracing_off_builds_nothing(examples_repository) -> None:
 
 
 def test_unreachable_collector_loses_spans_not_requests(
-    examples_repository, monkeypatch, caplog
+    examples_repository, monkeypatch, capfd
 ) -> None:
     from testsupport import free_port, start_server
 
@@ -333,8 +337,13 @@ def test_unreachable_collector_loses_spans_not_requests(
             list(pool.map(one, range(4)))
         elapsed = time.perf_counter() - started
         assert elapsed < 10, f"80 requests took {elapsed:.1f} s with the collector down"
-        exporter_errors = [r for r in caplog.records if "UNAVAILABLE" in r.getMessage()]
-        assert exporter_errors, "the exporter never tried the closed port"
+        # The exporter process logs its failures on the server's stderr.
+        logged = ""
+        give_up = time.monotonic() + 15
+        while "UNAVAILABLE" not in logged and time.monotonic() < give_up:
+            time.sleep(0.2)
+            logged += capfd.readouterr().err
+        assert "UNAVAILABLE" in logged, "the exporter never tried the closed port"
     finally:
         stopping = time.perf_counter()
         server.stop(grace=1.0)

@@ -1,0 +1,362 @@
+"""Where span records go: an exporter process (the server's way), or an exporter in-process.
+
+Why a process: building spans and encoding them for OTLP is pure Python, tens of
+microseconds per span. Done by a thread of the server (as the SDK's
+``BatchSpanProcessor`` does), it contends with the event loop for the GIL, and the
+loop gives the GIL away at every call that releases it (a TorchScript forward, a
+gRPC send); getting it back from a busy Python thread takes up to the 5 ms switch
+interval (measured: a 22 us model call took 12 ms with one busy Python thread
+beside it). So the server sends compact :mod:`~batchwire.telemetry.span_records`
+to ``python -m batchwire.telemetry.exporter_process``, a child process that builds the
+spans and exports them with the configured OpenTelemetry exporter and a
+``BatchSpanProcessor``.
+
+:class:`ProcessSink` (parent side). Concurrency: :meth:`~ProcessSink.add` runs on the
+event-loop thread and only appends to a list (under a lock, as :meth:`flush` may be
+called from another thread); full lists (or the list a 200 ms timer finds) go to a
+writer thread, which pickles them and writes them to the child's stdin (blocking
+there, never on the loop). When the writer is more than ``MAX_PENDING_BATCHES``
+behind, or the child is gone, records are dropped and counted: an unreachable or
+slow collector loses spans, never requests. Acknowledgements of flushes come back on
+a separate pipe (the child's stdout stays the server's, for the console exporter).
+
+Protocol (length-prefixed pickles on stdin): ``("config", TraceConfig, epoch_offset_ns)``
+first, then ``("spans", [record, ...])``, ``("flush", timeout_s)`` (answered on the ack
+pipe with ``True``/``False``) and ``("stop", timeout_s)``. EOF means the server is gone.
+
+:class:`LocalSink` builds spans on the calling thread and feeds a ``BatchSpanProcessor``
+in this process: for an exporter *object* handed to the server (tests, programs that
+embed the server). :class:`NullSink` drops records (exporter ``none``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import queue
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from batchwire import __version__
+from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord, SpanBuilder
+
+if TYPE_CHECKING:
+    from batchwire.telemetry.tracing import TraceConfig
+
+log = logging.getLogger(__name__)
+
+SpanRecord = RequestSpanRecord | BatchSpanRecord
+
+#: Records per message to the exporter process.
+BATCH_RECORDS = 256
+#: A partial batch waits at most this long before it is sent.
+BATCH_DELAY_S = 0.2
+#: Batches waiting for the writer beyond this are dropped (256 * 64 = 16k spans).
+MAX_PENDING_BATCHES = 64
+_HEADER = struct.Struct("<I")
+
+
+class DropSpanExporter(SpanExporter):
+    """Exports nothing."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def make_exporter(config: TraceConfig) -> SpanExporter:
+    """The span exporter ``config`` names."""
+    kind, endpoint = config.exporter, config.endpoint
+    if kind == "none":
+        return DropSpanExporter()
+    if kind == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter(service_name=config.service_name)
+    if kind == "otlp-http":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        if endpoint is not None:
+            if "://" not in endpoint:
+                endpoint = f"http://{endpoint}"
+            if urlsplit(endpoint).path in ("", "/"):
+                endpoint = endpoint.rstrip("/") + "/v1/traces"
+        return OTLPSpanExporter(endpoint=endpoint)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    if endpoint is not None and "://" not in endpoint:
+        endpoint = f"http://{endpoint}"  # a bare host:port means plaintext, as collectors listen
+    return OTLPSpanExporter(endpoint=endpoint)
+
+
+def make_processor(exporter: SpanExporter) -> BatchSpanProcessor:
+    """A BatchSpanProcessor with batchwire's defaults (the OTEL_BSP_* variables win)."""
+    delay = os.environ.get("OTEL_BSP_SCHEDULE_DELAY")
+    size = os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE")
+    return BatchSpanProcessor(
+        exporter,
+        max_queue_size=None if size else 16384,
+        schedule_delay_millis=None if delay else 1000,
+    )
+
+
+def span_builder(service_name: str, epoch_offset_ns: int) -> SpanBuilder:
+    resource = Resource.create({"service.name": service_name})
+    return SpanBuilder(resource, InstrumentationScope("batchwire", __version__), epoch_offset_ns)
+
+
+def shutdown_processor(processor: BatchSpanProcessor, timeout_s: float) -> None:
+    """Export what is queued, then stop; bounded by ``timeout_s`` even when the collector hangs."""
+    worker = threading.Thread(target=processor.shutdown, name="span-shutdown", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        log.warning("tracing: spans not exported within %.1f s of shutdown are dropped", timeout_s)
+        try:
+            processor.span_exporter.shutdown()  # aborts the exporter's retries
+        except Exception:
+            log.debug("tracing: exporter shutdown failed", exc_info=True)
+        worker.join(1.0)
+
+
+class SpanSink(Protocol):
+    """Receives span records from the event loop."""
+
+    def add(self, record: SpanRecord) -> None: ...
+
+    def flush(self, timeout_s: float) -> bool: ...
+
+    def shutdown(self, timeout_s: float) -> None: ...
+
+
+class NullSink:
+    """Drops every record (exporter ``none``: sampling and trace ids in logs, no export)."""
+
+    def add(self, record: SpanRecord) -> None:
+        return None
+
+    def flush(self, timeout_s: float) -> bool:
+        return True
+
+    def shutdown(self, timeout_s: float) -> None:
+        return None
+
+
+class LocalSink:
+    """Builds each span at once and queues it on a BatchSpanProcessor in this process."""
+
+    def __init__(self, exporter: SpanExporter, builder: SpanBuilder) -> None:
+        self._processor = make_processor(exporter)
+        self._builder = builder
+
+    def add(self, record: SpanRecord) -> None:
+        builder = self._builder
+        if type(record) is RequestSpanRecord:
+            span = builder.request_span(record)
+        else:
+            span = builder.batch_span(record)  # type: ignore[arg-type]
+        self._processor.on_end(span)
+
+    def flush(self, timeout_s: float) -> bool:
+        return self._processor.force_flush(int(timeout_s * 1000))
+
+    def shutdown(self, timeout_s: float) -> None:
+        shutdown_processor(self._processor, timeout_s)
+
+
+def _write_message(stream: IO[bytes], message: object) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_message(stream: IO[bytes]) -> object:
+    """The next message; raises EOFError when the other side has gone."""
+    (size,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
+    return pickle.loads(_read_exact(stream, size))
+
+
+class ProcessSink:
+    """Sends records in batches to an exporter process (see the module docstring)."""
+
+    def __init__(self, config: TraceConfig, epoch_offset_ns: int) -> None:
+        ack_read, ack_write = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "batchwire.telemetry.exporter_process",
+                    "--ack-fd",
+                    str(ack_write),
+                ],
+                stdin=subprocess.PIPE,
+                pass_fds=(ack_write,),
+            )
+        finally:
+            os.close(ack_write)
+        # Unbuffered: select() must see every acknowledgement that has not been read.
+        self._acks = os.fdopen(ack_read, "rb", buffering=0)
+        self._stdin: IO[bytes] = self._proc.stdin  # type: ignore[assignment]
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._pending: list[SpanRecord] = []
+        self._flushes = 0
+        self._outbox: queue.SimpleQueue[tuple[str, object] | None] = queue.SimpleQueue()
+        self._alive = True
+        self.dropped = 0
+        self._outbox.put(("config", (config, epoch_offset_ns)))
+        self._writer = threading.Thread(target=self._write, name="span-export-writer", daemon=True)
+        self._writer.start()
+        log.info("tracing: span exporter process %d started", self._proc.pid)
+
+    # -- event loop ----------------------------------------------------------------------
+
+    def add(self, record: SpanRecord) -> None:
+        with self._lock:
+            pending = self._pending
+            pending.append(record)
+            count = len(pending)
+        if count >= BATCH_RECORDS:
+            self._send_pending()
+        elif count == 1:
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a direct call): send at once
+            self._send_pending()
+            return
+        loop.call_later(BATCH_DELAY_S, self._send_pending)
+
+    def _send_pending(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        if not self._alive or self._outbox.qsize() > MAX_PENDING_BATCHES:
+            self._drop(len(batch))
+            return
+        self._outbox.put(("spans", batch))
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        # Log the first drop and then every ~10k, not every batch.
+        if self.dropped == count or self.dropped // 10_000 != (self.dropped - count) // 10_000:
+            log.warning("tracing: %d span(s) dropped so far (exporter slow or gone)", self.dropped)
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def _write(self) -> None:
+        stdin = self._stdin
+        while (item := self._outbox.get()) is not None:
+            if not self._alive:
+                if item[0] == "spans":
+                    self._drop(len(item[1]))  # type: ignore[arg-type]
+                continue
+            try:
+                _write_message(stdin, item)
+            except (OSError, ValueError):
+                self._alive = False
+                log.error("tracing: the span exporter process has gone; spans are dropped")
+        with contextlib.suppress(OSError):
+            stdin.close()
+
+    # -- any thread ------------------------------------------------------------------------
+
+    def flush(self, timeout_s: float) -> bool:
+        """Send what is pending and wait until the exporter process has exported it."""
+        self._send_pending()
+        with self._flush_lock:
+            if not self._alive:
+                return False
+            self._flushes += 1
+            token = self._flushes
+            self._outbox.put(("flush", (token, timeout_s)))
+            deadline = time.monotonic() + timeout_s + 5.0
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([self._acks], [], [], 0.5)
+                if ready:
+                    try:
+                        answered, ok = _read_message(self._acks)  # type: ignore[misc]
+                    except EOFError:
+                        self._alive = False
+                        return False
+                    if answered == token:  # else: the late answer to a timed-out flush
+                        return bool(ok)
+                elif self._proc.poll() is not None:
+                    self._alive = False
+                    return False
+            return False
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Export what is queued (bounded by ``timeout_s``) and stop the exporter process."""
+        self._send_pending()
+        self._outbox.put(("stop", timeout_s))
+        self._outbox.put(None)
+        self._writer.join(timeout_s)
+        try:
+            self._proc.wait(timeout_s + 2.0)
+        except subprocess.TimeoutExpired:
+            log.warning("tracing: the span exporter process did not stop; killing it")
+            self._proc.kill()
+            self._proc.wait()
+        self._alive = False
+        self._acks.close()
+
+
+# -- the exporter process --------------------------------------------------------------
+
+
+def serve_exporter(source: IO[bytes], acks: IO[bytes]) -> None:
+    """The exporter process: read records from ``source``, export their spans."""
+    kind, payload = _read_message(source)  # type: ignore[misc]
+    if kind != "config":
+        raise RuntimeError(f"expected the config message first, got {kind!r}")
+    config, offset = payload
+    builder = span_builder(config.service_name, offset)
+    processor = make_processor(make_exporter(config))
+    stop_timeout = 5.0
+    while True:
+        try:
+            kind, payload = _read_message(source)  # type: ignore[misc]
+        except EOFError:  # the server has gone
+            break
+        if kind == "spans":
+            on_end = processor.on_end
+            for span in builder.build(payload):
+                on_end(span)
+        elif kind == "flush":
+            token, timeout_s = payload
+            _write_message(acks, (token, processor.force_flush(int(timeout_s * 1000))))
+        elif kind == "stop":
+            stop_timeout = payload
+            break
+    shutdown_processor(processor, stop_timeout)
