@@ -1,17 +1,20 @@
 """Batching benchmark: served throughput and latency against same-run references.
 
-``python -m batchwire.bench.batching [--out results/bench] [--seconds 4] [--quick]``
+``python -m batchwire.bench.batching [--out results/bench] [--seconds 3] [--quick]``
 
 It starts ``batchwire serve`` on the example models in a subprocess, drives it
 with a closed-loop gRPC load generator in this process, and measures, in the
-same run:
+same run, in rounds (every compared pair back to back in each round; each ratio
+is the median of its per-round values, so drift on a shared machine hits both
+sides of it):
 
 1. ``cnn`` served throughput at saturation vs the raw TorchScript model in a
    plain torch loop at the served mean batch size (target >= 0.90);
 2. ``mlp`` served vs the ``null`` model (same inputs, no compute) served by the
    same server under the same load (target >= 0.85);
 3. latency with one request in flight: served ``mlp`` p50 minus the raw model's
-   batch-1 latency (target <= 0.5 ms);
+   batch-1 latency (target <= 0.5 ms); and, for context, the same minus the p50
+   of a bare gRPC round trip (what batchwire adds to the transport);
 4. a concurrency sweep per model: throughput, p50/p99 and mean batch size;
 5. for context, the bare Python gRPC ceiling (:mod:`batchwire.bench.bare_server`,
    no model work) under the same load, and the served ``null`` model against it.
@@ -49,10 +52,12 @@ class Plan:
     sweep: tuple[int, ...]
     sweep_models: tuple[str, ...]
     saturation: int
+    #: Rounds of the compared windows (ratios are medians over rounds).
+    rounds: int
 
 
-FULL = Plan(4.0, 1.0, (1, 2, 4, 8, 16, 32, 64), ("mlp", "cnn", "text"), 64)
-QUICK = Plan(0.6, 0.3, (1, 8), ("mlp",), 16)
+FULL = Plan(3.0, 1.0, (1, 2, 4, 8, 16, 32, 64), ("mlp", "cnn", "text"), 64, 3)
+QUICK = Plan(0.6, 0.3, (1, 8), ("mlp",), 16, 1)
 
 
 def sample_inputs(model: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -101,6 +106,10 @@ def measure(address: str, model: str, concurrency: int, plan: Plan) -> dict:
     return row
 
 
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
 def run(out: Path, plan: Plan) -> dict:
     from batchwire.examples.export import export_examples
 
@@ -109,30 +118,65 @@ def run(out: Path, plan: Plan) -> dict:
         repo = Path(tmp)
         export_examples(repo)
         started = time.time()
-        with ServerProcess(repo, log_path=out / "server.log") as server:
-            address = server.address
-            low = measure(address, "mlp", 1, plan)
-            mlp = measure(address, "mlp", 32, plan)
-            null = measure(address, "null", 32, plan)
-            cnn = measure(address, "cnn", plan.saturation, plan)
-            sweep = [measure(address, m, c, plan) for m in plan.sweep_models for c in plan.sweep]
-        with BareServerProcess() as bare_server:
-            bare = measure(bare_server.address, "null", 32, plan)
-        # The raw references run after the server has gone, on an idle machine.
         mlp_module = load_torchscript(repo / "mlp" / "1" / "model.pt")
-        raw_mlp_ms = raw_latency_ms(mlp_module, sample_inputs("mlp")["INPUT__0"])
         cnn_module = load_torchscript(repo / "cnn" / "1" / "model.pt")
-        served_batch = max(1, round(cnn["mean_batch"] or 32))
         cnn_sample = torch.from_numpy(sample_inputs("cnn")["INPUT__0"])
-        raw_cnn = raw_throughput(cnn_module, cnn_sample.repeat(served_batch, 1, 1, 1), plan.seconds)
+        rounds: list[dict] = []
+        with (
+            ServerProcess(repo, log_path=out / "server.log") as server,
+            BareServerProcess() as bare_server,
+        ):
+            address = server.address
+            # Each round measures every compared pair back to back, so that drift on a
+            # shared machine hits both sides; ratios are medians over rounds. The raw
+            # references run in this process while the servers sit idle.
+            for _ in range(plan.rounds):
+                row = {
+                    "low_load_mlp": measure(address, "mlp", 1, plan),
+                    "low_load_bare": measure(bare_server.address, "null", 1, plan),
+                    "raw_mlp_batch1_ms": raw_latency_ms(
+                        mlp_module, sample_inputs("mlp")["INPUT__0"]
+                    ),
+                    "mlp_c32": measure(address, "mlp", 32, plan),
+                    "null_c32": measure(address, "null", 32, plan),
+                    "bare_grpc_c32": measure(bare_server.address, "null", 32, plan),
+                    "cnn_saturation": measure(address, "cnn", plan.saturation, plan),
+                }
+                batch = max(1, round(row["cnn_saturation"]["mean_batch"] or 32))
+                row["served_cnn_batch"] = batch
+                row["raw_cnn_items_per_s"] = raw_throughput(
+                    cnn_module, cnn_sample.repeat(batch, 1, 1, 1), plan.seconds
+                )
+                rounds.append(row)
+            sweep = [measure(address, m, c, plan) for m in plan.sweep_models for c in plan.sweep]
         raw_cnn_max = raw_throughput(cnn_module, cnn_sample.repeat(32, 1, 1, 1), plan.seconds)
 
+    def per_round(value) -> float:  # type: ignore[no-untyped-def]
+        return round(_median([value(r) for r in rounds]), 3)
+
     ratios = {
-        "cnn_served_over_raw": round(cnn["throughput"] / raw_cnn, 3),
-        "mlp_over_null": round(mlp["throughput"] / null["throughput"], 3),
-        "low_load_overhead_ms": round(low["p50_ms"] - raw_mlp_ms, 3),
+        "cnn_served_over_raw": per_round(
+            lambda r: r["cnn_saturation"]["throughput"] / r["raw_cnn_items_per_s"]
+        ),
+        "mlp_over_null": per_round(
+            lambda r: r["mlp_c32"]["throughput"] / r["null_c32"]["throughput"]
+        ),
+        "low_load_overhead_ms": per_round(
+            lambda r: r["low_load_mlp"]["p50_ms"] - r["raw_mlp_batch1_ms"]
+        ),
     }
-    context = {"null_over_bare_grpc": round(null["throughput"] / bare["throughput"], 3)}
+    context = {
+        "null_over_bare_grpc": per_round(
+            lambda r: r["null_c32"]["throughput"] / r["bare_grpc_c32"]["throughput"]
+        ),
+        # The same low-load figure with the transport taken out: what batchwire adds
+        # to a bare gRPC round trip (the bare server at one request in flight).
+        "low_load_overhead_over_bare_grpc_ms": per_round(
+            lambda r: (
+                r["low_load_mlp"]["p50_ms"] - r["low_load_bare"]["p50_ms"] - r["raw_mlp_batch1_ms"]
+            )
+        ),
+    }
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -141,7 +185,12 @@ def run(out: Path, plan: Plan) -> dict:
             "cuda": torch.cuda.is_available(),
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "plan": {"seconds": plan.seconds, "warmup": plan.warmup, "sweep": list(plan.sweep)},
+        "plan": {
+            "seconds": plan.seconds,
+            "warmup": plan.warmup,
+            "rounds": plan.rounds,
+            "sweep": list(plan.sweep),
+        },
         "ratios": ratios,
         "context": context,
         "targets": TARGETS,
@@ -152,18 +201,12 @@ def run(out: Path, plan: Plan) -> dict:
             <= TARGETS["low_load_overhead_ms"],
         },
         "references": {
-            "raw_cnn_items_per_s_at_served_batch": round(raw_cnn, 1),
-            "served_cnn_batch": served_batch,
             "raw_cnn_items_per_s_at_batch_32": round(raw_cnn_max, 1),
-            "raw_mlp_batch1_ms": round(raw_mlp_ms, 4),
+            "raw_mlp_batch1_ms": per_round(lambda r: r["raw_mlp_batch1_ms"]),
         },
-        "windows": {
-            "low_load_mlp": low,
-            "mlp_c32": mlp,
-            "null_c32": null,
-            "cnn_saturation": cnn,
-            "bare_grpc_c32": bare,
-        },
+        # The last round's windows (every round is in "rounds").
+        "windows": {key: value for key, value in rounds[-1].items() if isinstance(value, dict)},
+        "rounds": rounds,
         "sweep": sweep,
     }
     (out / "batching.json").write_text(json.dumps(report, indent=2))
@@ -206,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     plan = QUICK if ns.quick else FULL
     if ns.seconds:
-        plan = Plan(ns.seconds, plan.warmup, plan.sweep, plan.sweep_models, plan.saturation)
+        plan = Plan(
+            ns.seconds, plan.warmup, plan.sweep, plan.sweep_models, plan.saturation, plan.rounds
+        )
     report = run(ns.out, plan)
     for key, value in report["ratios"].items():
         verdict = "met" if report["met"][key] else "MISSED"

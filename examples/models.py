@@ -123,6 +123,10 @@ max_batch_size: 32
 input [ { name: "INPUT__0", data_type: TYPE_FP32, dims: [ 3, 64, 64 ] } ]
 output [ { name: "OUTPUT__0", data_type: TYPE_FP32, dims: [ 10 ] } ]
 dynamic_batching { max_queue_delay_microseconds: 5000 }
+# Two instances, each on its share of the cores (one intra-op thread on 2 cores):
+# measured here, 0.7-0.85 of the raw model's throughput against 0.6 for one instance
+# on two threads, whose OpenMP team stalls whenever gRPC work takes a core.
+instance_group [ { kind: KIND_AUTO, count: 2 } ]
 """,
     "text": """\
 name: "text"

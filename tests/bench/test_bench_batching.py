@@ -25,6 +25,7 @@ def test_quick_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
         "mlp_over_null",
         "low_load_overhead_ms",
         "null_over_bare_grpc",
+        "low_load_overhead_over_bare_grpc_ms",
     ):
         assert key in result.stdout
     report = json.loads((tmp_path / "batching.json").read_text())
@@ -33,6 +34,7 @@ def test_quick_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
     windows = report["windows"]
     assert set(windows) == {
         "low_load_mlp",
+        "low_load_bare",
         "mlp_c32",
         "null_c32",
         "cnn_saturation",
@@ -40,6 +42,7 @@ def test_quick_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
     }
     for window in windows.values():
         assert window["requests"] > 0 and window["errors"] == 0
+    assert len(report["rounds"]) == report["plan"]["rounds"] == 1
     # The server reports statistics, so served windows carry a mean batch size.
     assert windows["mlp_c32"]["mean_batch"] >= 1.0
     assert {(row["model"], row["concurrency"]) for row in report["sweep"]} == {
