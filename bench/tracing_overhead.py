@@ -13,7 +13,7 @@ traced...): drift on a shared machine hits both alike. Traced means every
 request: a server span with ``queue`` and ``compute`` child spans, plus one
 ``batch`` span per batch. Spans go to an exporter that drops them in the server
 (``none``, the default: the cost of sampling, building and queueing spans) or,
-with ``--exporter otlp-grpc``, over OTLP/gRPC to a receiver in this process
+with ``--exporter otlp-grpc``, over OTLP/gRPC to a receiver in its own process
 (adds span building and protobuf encoding, in the server's exporter process, to the server's CPU). With
 ``--traceparent`` every request carries a sampled W3C traceparent (the
 parent-based path, context extraction included). The load generator is a
@@ -143,6 +143,48 @@ def _run_window(pid: int | None, *args: object) -> dict:
     return result
 
 
+class _ReceiverProcess:
+    """``python -m batchwire.telemetry.receiver --count-only`` on a free port.
+
+    In its own process: receiving and parsing spans in this one would take CPU and
+    the GIL from the load generator and make tracing look costlier than it is.
+    """
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        from batchwire.bench.server_process import _free_port
+
+        port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "batchwire.telemetry.receiver",
+                "--port",
+                str(port),
+                "--count-only",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self._proc.stdout.readline()  # type: ignore[union-attr]
+        if not line.startswith("listening"):
+            self._proc.kill()
+            raise RuntimeError(f"the OTLP receiver did not start: {line!r}")
+
+    def stop(self) -> int | None:
+        """Stop it; the number of spans it received."""
+        self._proc.terminate()
+        out, _ = self._proc.communicate(timeout=30)
+        try:
+            return int(json.loads(out.strip().splitlines()[-1])["spans"])
+        except (ValueError, IndexError, KeyError):
+            return None
+
+
 def _set_tracing(address: str, on: bool) -> None:
     with grpc.insecure_channel(address) as channel:
         request = pb.TraceSettingRequest()
@@ -201,10 +243,9 @@ def run(
     must hold ``model`` (default: the example exported to a temp dir).
     """
     from batchwire.examples.export import export_examples
-    from batchwire.telemetry.receiver import OtlpReceiver
 
     out.mkdir(parents=True, exist_ok=True)
-    receiver = OtlpReceiver().start() if exporter == "otlp-grpc" else None
+    receiver = _ReceiverProcess() if exporter == "otlp-grpc" else None
     metadata = (("traceparent", TRACEPARENT),) if traceparent else None
     windows: list[dict] = []
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -224,8 +265,7 @@ def run(
                         )
                         windows.append({"round": index, "mode": mode, **result})
     finally:
-        if receiver is not None:
-            receiver.stop()
+        spans_received = receiver.stop() if receiver is not None else None
 
     def mean(mode: str) -> float:
         values = [w["throughput"] for w in windows if w["mode"] == mode]
@@ -276,7 +316,7 @@ def run(
         "cpu_ratio": (
             round(cpu["untraced"] / cpu["traced"], 3) if cpu["untraced"] and cpu["traced"] else None
         ),
-        "spans_received": len(receiver.spans) if receiver is not None else None,
+        "spans_received": spans_received,
         "windows": windows,
     }
     (out / "tracing_overhead.json").write_text(json.dumps(report, indent=2))

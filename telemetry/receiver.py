@@ -2,7 +2,12 @@
 
 For tests, benchmarks and local debugging without a collector: it implements
 ``opentelemetry.proto.collector.trace.v1.TraceService/Export`` on a loopback
-port and keeps every received span (as protobuf ``Span`` messages).
+port and keeps every received span (as protobuf ``Span`` messages), or with
+``keep=False`` only counts them.
+
+``python -m batchwire.telemetry.receiver --port 4317 [--count-only]`` runs one
+until SIGTERM/SIGINT, then prints ``{"spans": N, "exports": M}`` (benchmarks run
+it in its own process, so that receiving does not load the load generator).
 
     with OtlpReceiver() as receiver:          # 127.0.0.1, a free port
         ...  # run a server with --trace-endpoint receiver.endpoint
@@ -41,7 +46,9 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 class OtlpReceiver:
     """An OTLP/gRPC TraceService on ``host:port`` (port 0: a free one)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, keep: bool = True) -> None:
+        self._keep = keep
+        self.span_count = 0
         self._spans: list[trace_pb2.Span] = []
         self._services: list[str] = []
         self._cond = threading.Condition()
@@ -72,9 +79,11 @@ class OtlpReceiver:
     def _add(self, received: list[tuple[str, trace_pb2.Span]]) -> None:
         with self._cond:
             self.exports += 1
-            for service, span in received:
-                self._services.append(service)
-                self._spans.append(span)
+            self.span_count += len(received)
+            if self._keep:
+                for service, span in received:
+                    self._services.append(service)
+                    self._spans.append(span)
             self._cond.notify_all()
 
     @property
@@ -103,3 +112,27 @@ class OtlpReceiver:
                     )
                 self._cond.wait(left)
             return list(self._spans)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+    import signal
+
+    parser = argparse.ArgumentParser(description="A minimal OTLP/gRPC trace receiver")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4317)
+    parser.add_argument("--count-only", action="store_true", help="count spans, keep none")
+    ns = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    receiver = OtlpReceiver(ns.host, ns.port, keep=not ns.count_only).start()
+    print(f"listening on {ns.host}:{receiver.port}", flush=True)
+    stop.wait()
+    receiver.stop()
+    print(json.dumps({"spans": receiver.span_count, "exports": receiver.exports}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -98,9 +98,14 @@ def make_exporter(config: TraceConfig) -> SpanExporter:
         return OTLPSpanExporter(endpoint=endpoint)
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+    return OTLPSpanExporter(endpoint=grpc_endpoint(endpoint))
+
+
+def grpc_endpoint(endpoint: str | None) -> str | None:
+    """None (the exporter reads OTEL_EXPORTER_OTLP_*), or a URL for a bare ``host:port``."""
     if endpoint is not None and "://" not in endpoint:
-        endpoint = f"http://{endpoint}"  # a bare host:port means plaintext, as collectors listen
-    return OTLPSpanExporter(endpoint=endpoint)
+        return f"http://{endpoint}"  # a bare host:port means plaintext, as collectors listen
+    return endpoint
 
 
 def make_processor(exporter: SpanExporter) -> BatchSpanProcessor:
@@ -335,6 +340,55 @@ class ProcessSink:
 # -- the exporter process --------------------------------------------------------------
 
 
+class RecordExport:
+    """The exporter process's OTLP/gRPC path: records encoded straight to protobuf
+    (:mod:`batchwire.telemetry.otlp_records`) and exported by one thread, so that
+    reading the server's messages never waits for the collector."""
+
+    def __init__(self, config: TraceConfig, builder: SpanBuilder) -> None:
+        from batchwire.telemetry.otlp_records import OtlpRecordEncoder, record_exporter
+
+        encoder = OtlpRecordEncoder(builder.resource, builder.scope, builder.offset)
+        self.exporter = record_exporter(grpc_endpoint(config.endpoint), encoder)
+        self._queue: queue.Queue[list[SpanRecord] | None] = queue.Queue(MAX_PENDING_BATCHES)
+        self._thread = threading.Thread(target=self._run, name="record-export", daemon=True)
+        self._thread.start()
+        self.dropped = 0
+
+    def add(self, records: list[SpanRecord]) -> None:
+        try:
+            self._queue.put_nowait(records)
+        except queue.Full:
+            self.dropped += len(records)
+            log.warning("tracing: collector too slow, %d span(s) dropped so far", self.dropped)
+
+    def _run(self) -> None:
+        while (records := self._queue.get()) is not None:
+            try:
+                self.exporter.export(records)  # logs its own failures
+            except Exception:
+                log.exception("tracing: exporting %d span(s) failed", len(records))
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def flush(self, timeout_s: float) -> bool:
+        done = threading.Thread(target=self._queue.join, daemon=True)
+        done.start()
+        done.join(timeout_s)
+        return not done.is_alive()
+
+    def shutdown(self, timeout_s: float) -> None:
+        if not self.flush(timeout_s):
+            log.warning(
+                "tracing: spans not exported within %.1f s of shutdown are dropped", timeout_s
+            )
+        self.exporter.shutdown()  # aborts a retry in progress
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        self._thread.join(1.0)
+
+
 def serve_exporter(source: IO[bytes], acks: IO[bytes]) -> None:
     """The exporter process: read records from ``source``, export their spans."""
     kind, payload = _read_message(source)  # type: ignore[misc]
@@ -342,7 +396,8 @@ def serve_exporter(source: IO[bytes], acks: IO[bytes]) -> None:
         raise RuntimeError(f"expected the config message first, got {kind!r}")
     config, offset = payload
     builder = span_builder(config.service_name, offset)
-    processor = make_processor(make_exporter(config))
+    direct = RecordExport(config, builder) if config.exporter == "otlp-grpc" else None
+    processor = None if direct is not None else make_processor(make_exporter(config))
     stop_timeout = 5.0
     while True:
         try:
@@ -350,13 +405,23 @@ def serve_exporter(source: IO[bytes], acks: IO[bytes]) -> None:
         except EOFError:  # the server has gone
             break
         if kind == "spans":
-            on_end = processor.on_end
-            for span in builder.build(payload):
-                on_end(span)
+            if direct is not None:
+                direct.add(payload)
+            else:
+                on_end = processor.on_end  # type: ignore[union-attr]
+                for span in builder.build(payload):
+                    on_end(span)
         elif kind == "flush":
             token, timeout_s = payload
-            _write_message(acks, (token, processor.force_flush(int(timeout_s * 1000))))
+            if direct is not None:
+                ok = direct.flush(timeout_s)
+            else:
+                ok = processor.force_flush(int(timeout_s * 1000))  # type: ignore[union-attr]
+            _write_message(acks, (token, ok))
         elif kind == "stop":
             stop_timeout = payload
             break
-    shutdown_processor(processor, stop_timeout)
+    if direct is not None:
+        direct.shutdown(stop_timeout)
+    else:
+        shutdown_processor(processor, stop_timeout)  # type: ignore[arg-type]

@@ -1,0 +1,144 @@
+"""The exporter process's direct OTLP encoding says what the SDK's encoding says."""
+
+from __future__ import annotations
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from batchwire.telemetry.otlp_records import OtlpRecordEncoder
+from batchwire.telemetry.span_export import span_builder
+from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord
+
+OFFSET = 1_700_000_000_000_000_000
+
+
+def request(**changes: object) -> RequestSpanRecord:
+    fields = {
+        "trace_id": 0x0AF7651916CD43DD8448EB211C80319C,
+        "span_id": 0xB7AD6B7169203331,
+        "parent_span_id": 0x00F067AA0BA902B7,
+        "parent_remote": True,
+        "method": "ModelInfer",
+        "model": "mlp",
+        "version": "1",
+        "request_id": "r-1",
+        "batch_size": 4,
+        "start_ns": 100,
+        "end_ns": 900,
+        "received_ns": 150,
+        "queued_ns": 300,
+        "input_end_ns": 350,
+        "infer_end_ns": 600,
+        "output_end_ns": 650,
+        "send_ns": 700,
+        "grpc_status": 0,
+        "error_type": "",
+        "error_message": "",
+        "tensors": (),
+    }
+    fields.update(changes)
+    return RequestSpanRecord(**fields)  # type: ignore[arg-type]
+
+
+RECORDS = [
+    request(),
+    # Failed in the queue: no batch, no response sent, no parent, no version.
+    request(
+        span_id=2,
+        parent_span_id=0,
+        parent_remote=False,
+        version="",
+        request_id="",
+        batch_size=0,
+        send_ns=0,
+        grpc_status=14,
+        error_type="QueueFullError",
+        error_message="queue full",
+    ),
+    request(span_id=3, method="ModelStreamInfer", tensors=(("INPUT__0", (1, 64), "float32"),)),
+    BatchSpanRecord(
+        trace_id=7,
+        span_id=8,
+        model="mlp",
+        version="1",
+        size=8,
+        padded_size=10,
+        request_count=2,
+        device="cpu",
+        instance=0,
+        start_ns=300,
+        input_end_ns=350,
+        infer_end_ns=600,
+        end_ns=650,
+        links=((0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331), (5, 6)),
+        error_type="",
+        error_message="",
+    ),
+    BatchSpanRecord(7, 9, "mlp", "1", 1, 1, 1, "cuda:0", 1, 1, 2, 3, 4, ((5, 6),), "E", "boom"),
+]
+
+
+def value(any_value: AnyValue) -> object:
+    kind = any_value.WhichOneof("value")
+    if kind == "array_value":
+        return [value(v) for v in any_value.array_value.values]
+    return getattr(any_value, kind)
+
+
+def attributes(repeated) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    return {kv.key: value(kv.value) for kv in repeated}
+
+
+def normalized(request: ExportTraceServiceRequest) -> dict:
+    (resource_spans,) = request.resource_spans
+    (scope_spans,) = resource_spans.scope_spans
+    spans = []
+    for span in scope_spans.spans:
+        spans.append(
+            {
+                "ids": (span.trace_id, span.span_id, span.parent_span_id, span.flags),
+                "name": span.name,
+                "kind": span.kind,
+                "times": (span.start_time_unix_nano, span.end_time_unix_nano),
+                "attributes": attributes(span.attributes),
+                "events": [
+                    (e.name, e.time_unix_nano, attributes(e.attributes)) for e in span.events
+                ],
+                "links": [(link.trace_id, link.span_id, link.flags) for link in span.links],
+                "status": (span.status.code, span.status.message),
+            }
+        )
+    return {
+        "resource": attributes(resource_spans.resource.attributes),
+        "scope": (scope_spans.scope.name, scope_spans.scope.version),
+        "spans": spans,
+    }
+
+
+def test_direct_encoding_matches_the_sdk_encoding_field_by_field() -> None:
+    builder = span_builder("batchwire-test", OFFSET)
+    sdk = encode_spans(list(builder.build(RECORDS)))
+    ours = OtlpRecordEncoder(builder.resource, builder.scope, OFFSET).encode(RECORDS)
+    expected, got = normalized(sdk), normalized(ours)
+    assert got["resource"] == expected["resource"]
+    assert got["resource"]["service.name"] == "batchwire-test"
+    assert got["scope"] == expected["scope"]
+    assert len(got["spans"]) == len(RECORDS)
+    for mine, theirs in zip(got["spans"], expected["spans"], strict=True):
+        assert mine == theirs
+    # The fields the comparison rests on are really there.
+    first, failed, _, batch, failed_batch = got["spans"]
+    assert first["times"] == (OFFSET + 100, OFFSET + 900)
+    assert [name for name, _, _ in first["events"]][-1] == "response_send"
+    assert [name for name, _, _ in failed["events"]] == ["queue_start", "queue_end"]
+    assert failed["status"] == (2, "queue full")  # STATUS_CODE_ERROR
+    assert len(batch["links"]) == 2
+    assert failed_batch["attributes"]["error.type"] == "E"
+
+
+def test_the_encoded_request_round_trips_through_protobuf() -> None:
+    builder = span_builder("batchwire-test", OFFSET)
+    encoded = OtlpRecordEncoder(builder.resource, builder.scope, OFFSET).encode(RECORDS)
+    parsed = ExportTraceServiceRequest.FromString(encoded.SerializeToString())
+    assert normalized(parsed) == normalized(encoded)
