@@ -25,13 +25,13 @@ Cost
 With tracing off (the default) the servicer tests one boolean per request
 (:attr:`Tracing.armed`) and nothing else happens: no metadata is read, no span
 or context object is created. When tracing is on, every span is known only once
-it is over, so spans are built directly as finished
-:class:`~opentelemetry.sdk.trace.ReadableSpan` objects and handed to a
-:class:`~opentelemetry.sdk.trace.export.BatchSpanProcessor` (export happens in its
-thread; a full queue drops spans, never blocks a request). Going through
-``Tracer.start_span`` instead costs about 30 us per span on a 2-core box, five
-times as much; sampling is decided here (parent-based, then trace-id ratio, the
-SDK's algorithm) before anything is allocated.
+it is over, so the loop records each as a compact tuple
+(:mod:`batchwire.telemetry.span_records`) and a sink
+(:mod:`batchwire.telemetry.span_export`) turns the tuples into exported spans,
+normally in a separate exporter process: no span object is built on the loop,
+and no export thread competes with it for the GIL. Sampling is decided here
+(parent-based, then trace-id ratio, the SDK's algorithm) before anything is
+allocated.
 
 Configuration
 -------------
