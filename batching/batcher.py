@@ -390,7 +390,9 @@ class ModelBatcher:
         job = Job(instance, entries)
         if not instance.cuda:
             placement = self._placement
-            if placement.run_inline():
+            # Never beside a batch of the same instance (a staged batch): one instance
+            # runs one batch at a time, whichever thread runs it.
+            if not instance.busy and placement.run_inline():
                 # One intra-op thread: parallel regions cost more than such batches take.
                 torch.set_num_threads(1)
                 self._run_job(job, Exception)
