@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import json_format
-from opentelemetry import context as otel_context
-from opentelemetry import trace as otel_trace
 
 from batchwire import __version__
 from batchwire.core.errors import InferenceError, ModelNotFoundError
@@ -26,6 +24,7 @@ from batchwire.server.codec import decode_infer_request, encode_infer_response
 from batchwire.server.dataplane import DataPlane
 from batchwire.server.registry import ServedModel
 from batchwire.server.status import GRPC_STATUS
+from batchwire.telemetry.tracing import ACTIVE_REQUEST
 
 if TYPE_CHECKING:
     from batchwire.telemetry import Telemetry
@@ -142,7 +141,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if span is not None:
                 span.request = request
                 span.version = served.version
-                request.trace_context = span.context
+                request.trace_context = span.ids
             result = await self.dataplane.infer(served, request, datatypes)
         except InferenceError as exc:
             # Counts what the batcher did not report already (decode, validation).
@@ -156,17 +155,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer_traced(
         self, msg: pb.ModelInferRequest, deadline: float | None, span: RequestSpan
     ) -> pb.ModelInferResponse:
-        """:meth:`_infer` inside ``span`` (current for logging), then record its spans."""
-        token = otel_context.attach(
-            otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(span.context))
-        )
+        """:meth:`_infer` inside ``span`` (active for log records), then record its spans."""
+        token = ACTIVE_REQUEST.set(span.ids)
         try:
             response = await self._infer(msg, deadline, span)
         except BaseException as exc:
             self.tracing.finish(span, exc)
             raise
         finally:
-            otel_context.detach(token)
+            ACTIVE_REQUEST.reset(token)
         self.tracing.finish(span)
         return response
 

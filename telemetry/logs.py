@@ -26,6 +26,8 @@ from typing import TextIO
 
 from opentelemetry.trace import get_current_span
 
+from batchwire.telemetry.tracing import ACTIVE_REQUEST
+
 LOG_FORMATS = ("text", "json")
 #: Triton's log_format values: "default" (``%(asctime)s``) and ISO 8601 timestamps.
 TIMESTAMP_FORMATS = ("default", "ISO8601")
@@ -35,9 +37,19 @@ _formatters_lock = threading.Lock()
 
 
 class TraceContextFilter(logging.Filter):
-    """Adds ``trace_id`` / ``span_id`` (hex; empty outside a span) to every record."""
+    """Adds ``trace_id`` / ``span_id`` (hex; empty outside a span) to every record.
+
+    The traced request the running task serves comes first (the servicer marks it
+    in :data:`~batchwire.telemetry.tracing.ACTIVE_REQUEST`), then OpenTelemetry's
+    current span (code running inside a span of its own).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        active = ACTIVE_REQUEST.get()
+        if active is not None:
+            record.trace_id = format(active[0], "032x")
+            record.span_id = format(active[1], "016x")
+            return True
         context = get_current_span().get_span_context()
         if context.is_valid:
             record.trace_id = format(context.trace_id, "032x")

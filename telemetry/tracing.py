@@ -50,6 +50,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -390,29 +391,35 @@ def _validate(key: str, values: list[str]) -> list[str]:
 
 
 class RequestSpan:
-    """A sampled request: its span context now, its spans once it is answered."""
+    """A sampled request: its ids now, its span record once it is answered."""
 
     __slots__ = (
-        "context",
+        "ids",
         "method",
         "model",
         "parent",
         "request",
         "send_ns",
+        "span_id",
         "start_ns",
         "tensors",
+        "trace_id",
         "version",
     )
 
     def __init__(
         self,
-        context: SpanContext,
+        trace_id: int,
+        span_id: int,
         parent: SpanContext | None,
         method: str,
         model: str,
         tensors: bool,
     ) -> None:
-        self.context = context
+        self.trace_id = trace_id
+        self.span_id = span_id
+        #: (trace_id, span_id): what the batcher carries to link batch spans.
+        self.ids = (trace_id, span_id)
         self.parent = parent
         self.method = method
         self.model = model
@@ -424,6 +431,18 @@ class RequestSpan:
         self.request: InferenceRequest | None = None
         #: perf_counter_ns when encoding the response started (0: never).
         self.send_ns = 0
+
+    @property
+    def context(self) -> SpanContext:
+        """The span's OpenTelemetry context (built on demand; the request path uses ids)."""
+        return SpanContext(self.trace_id, self.span_id, False, _SAMPLED)
+
+
+#: (trace_id, span_id) of the request span the running task serves, for log records.
+#: A ContextVar of our own: setting it costs a fraction of attaching an OTel context.
+ACTIVE_REQUEST: ContextVar[tuple[int, int] | None] = ContextVar(
+    "batchwire_active_request", default=None
+)
 
 
 def _metadata_getter(carrier: Mapping[str, str], key: str) -> list[str] | None:
@@ -534,8 +553,7 @@ class Tracing:
                 return None
         if not scope.counter.take():
             return None
-        context = SpanContext(trace_id, _getrandbits(64) or 1, False, _SAMPLED)
-        return RequestSpan(context, parent, method, model, scope.tensors)
+        return RequestSpan(trace_id, _getrandbits(64) or 1, parent, method, model, scope.tensors)
 
     def finish(self, span: RequestSpan, error: BaseException | None = None) -> None:
         """Export ``span``'s server span and its phase spans (never raises)."""
@@ -576,11 +594,10 @@ class Tracing:
                     (name, tuple(array.shape), str(array.dtype))
                     for name, array in request.inputs.items()
                 )
-        context = span.context
         sink.add(
             RequestSpanRecord(
-                context.trace_id,
-                context.span_id,
+                span.trace_id,
+                span.span_id,
                 0 if parent is None else parent.span_id,
                 parent is not None and parent.is_remote,
                 span.method,
@@ -629,11 +646,7 @@ class Tracing:
                 input_end,
                 infer_end,
                 infer_end + record.compute_output_ns,
-                tuple(
-                    (c.trace_id, c.span_id)
-                    for c in record.trace_contexts
-                    if isinstance(c, SpanContext)
-                ),
+                tuple(ids for ids in record.trace_contexts if type(ids) is tuple),
                 "" if error is None else type(error).__name__,
                 "" if error is None else error.message,
             )

@@ -102,6 +102,31 @@ def test_json_logs_carry_trace_and_span_ids_inside_a_span() -> None:
     assert "ValueError: boom" in failed["exception"]
 
 
+def test_logs_inside_a_traced_request_carry_its_ids() -> None:
+    from batchwire.telemetry.tracing import ACTIVE_REQUEST
+
+    stream = io.StringIO()
+    handler = make_handler("json", stream)
+    logger = logging.getLogger("batchwire.test.request")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    outer = SpanContext(0x111, 0x222, False, TraceFlags(TraceFlags.SAMPLED))
+    try:
+        with trace.use_span(NonRecordingSpan(outer)):
+            token = ACTIVE_REQUEST.set((0xAAA, 0xBBB))
+            try:
+                logger.info("serving")  # the request the task serves wins
+            finally:
+                ACTIVE_REQUEST.reset(token)
+            logger.info("after")  # back to the enclosing OpenTelemetry span
+    finally:
+        logger.removeHandler(handler)
+    serving, after = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (serving["trace_id"], serving["span_id"]) == (f"{0xAAA:032x}", f"{0xBBB:016x}")
+    assert (after["trace_id"], after["span_id"]) == (f"{0x111:032x}", f"{0x222:016x}")
+
+
 def test_text_logs_append_trace_ids_inside_a_span() -> None:
     stream = io.StringIO()
     handler = make_handler("text", stream)
