@@ -69,6 +69,10 @@ BATCH_DELAY_S = 0.2
 #: Batches waiting for the writer beyond this are dropped (256 * 64 = 16k spans).
 MAX_PENDING_BATCHES = 64
 _HEADER = struct.Struct("<I")
+#: Records cross the pipe as plain tuples; their length tells which record they are.
+_RECORD_TYPES = {len(t._fields): t for t in (RequestSpanRecord, BatchSpanRecord)}
+if len(_RECORD_TYPES) != 2:  # pragma: no cover - a guard for whoever edits the records
+    raise RuntimeError("span record types must differ in length")
 
 
 class DropSpanExporter(SpanExporter):
@@ -286,6 +290,10 @@ class ProcessSink:
                 if item[0] == "spans":
                     self._drop(len(item[1]))  # type: ignore[arg-type]
                 continue
+            if item[0] == "spans":
+                # Plain tuples pickle 4x faster than NamedTuples (and this thread holds
+                # the GIL while it pickles); the exporter process rebuilds the records.
+                item = ("spans", [tuple(record) for record in item[1]])  # type: ignore[union-attr]
             try:
                 _write_message(stdin, item)
             except (OSError, ValueError):
@@ -405,6 +413,7 @@ def serve_exporter(source: IO[bytes], acks: IO[bytes]) -> None:
         except EOFError:  # the server has gone
             break
         if kind == "spans":
+            payload = [_RECORD_TYPES[len(fields)]._make(fields) for fields in payload]
             if direct is not None:
                 direct.add(payload)
             else:
