@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 import tritonclient.grpc as triton
@@ -13,6 +15,21 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from typer.testing import CliRunner
 
 from batchwire.telemetry.logs import TextFormatter, make_handler
+
+
+@contextlib.contextmanager
+def captured(name: str, log_format: str) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger writing only to a StringIO through batchwire's handler."""
+    stream = io.StringIO()
+    handler = make_handler(log_format, stream)
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture()
@@ -77,14 +94,8 @@ def test_iso8601_timestamps_follow_log_format(telemetry_server) -> None:
 
 
 def test_json_logs_carry_trace_and_span_ids_inside_a_span() -> None:
-    stream = io.StringIO()
-    handler = make_handler("json", stream)
-    logger = logging.getLogger("batchwire.test.json")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
     context = SpanContext(0xABC, 0xDEF, False, TraceFlags(TraceFlags.SAMPLED))
-    try:
+    with captured("batchwire.test.json", "json") as (logger, stream):
         with trace.use_span(NonRecordingSpan(context)):
             logger.info("inside %s", "a span")
         logger.warning("outside")
@@ -92,8 +103,6 @@ def test_json_logs_carry_trace_and_span_ids_inside_a_span() -> None:
             raise ValueError("boom")
         except ValueError:
             logger.exception("failed")
-    finally:
-        logger.removeHandler(handler)
     inside, outside, failed = (json.loads(line) for line in stream.getvalue().splitlines())
     assert inside["message"] == "inside a span" and inside["level"] == "INFO"
     assert inside["trace_id"] == f"{0xABC:032x}" and inside["span_id"] == f"{0xDEF:016x}"
@@ -105,41 +114,29 @@ def test_json_logs_carry_trace_and_span_ids_inside_a_span() -> None:
 def test_logs_inside_a_traced_request_carry_its_ids() -> None:
     from batchwire.telemetry.tracing import ACTIVE_REQUEST
 
-    stream = io.StringIO()
-    handler = make_handler("json", stream)
-    logger = logging.getLogger("batchwire.test.request")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
     outer = SpanContext(0x111, 0x222, False, TraceFlags(TraceFlags.SAMPLED))
-    try:
-        with trace.use_span(NonRecordingSpan(outer)):
-            token = ACTIVE_REQUEST.set((0xAAA, 0xBBB))
-            try:
-                logger.info("serving")  # the request the task serves wins
-            finally:
-                ACTIVE_REQUEST.reset(token)
-            logger.info("after")  # back to the enclosing OpenTelemetry span
-    finally:
-        logger.removeHandler(handler)
+    with (
+        captured("batchwire.test.request", "json") as (logger, stream),
+        trace.use_span(NonRecordingSpan(outer)),
+    ):
+        token = ACTIVE_REQUEST.set((0xAAA, 0xBBB))
+        try:
+            logger.info("serving")  # the request the task serves wins
+        finally:
+            ACTIVE_REQUEST.reset(token)
+        logger.info("after")  # back to the enclosing OpenTelemetry span
     serving, after = (json.loads(line) for line in stream.getvalue().splitlines())
     assert (serving["trace_id"], serving["span_id"]) == (f"{0xAAA:032x}", f"{0xBBB:016x}")
     assert (after["trace_id"], after["span_id"]) == (f"{0x111:032x}", f"{0x222:016x}")
 
 
 def test_text_logs_append_trace_ids_inside_a_span() -> None:
-    stream = io.StringIO()
-    handler = make_handler("text", stream)
-    logger = logging.getLogger("batchwire.test.text")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
     context = SpanContext(0x1, 0x2, False, TraceFlags(TraceFlags.SAMPLED))
-    try:
-        with trace.use_span(NonRecordingSpan(context)):
-            logger.info("traced")
-    finally:
-        logger.removeHandler(handler)
+    with (
+        captured("batchwire.test.text", "text") as (logger, stream),
+        trace.use_span(NonRecordingSpan(context)),
+    ):
+        logger.info("traced")
     assert stream.getvalue().rstrip().endswith(f"trace_id={1:032x} span_id={2:016x}")
 
 
