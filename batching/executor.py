@@ -97,7 +97,6 @@ class Instance:
         "pool",
         "runner",
         "stream",
-        "threads",
     )
 
     def __init__(
@@ -107,7 +106,6 @@ class Instance:
         self.index = index
         self.device = device
         self.cuda = device.type == "cuda"
-        self.threads = threads
         self.pool = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix=f"batchwire-{model_name}-{index}",
