@@ -43,13 +43,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from batchwire import __version__
@@ -75,34 +73,27 @@ if len(_RECORD_TYPES) != 2:  # pragma: no cover - a guard for whoever edits the 
     raise RuntimeError("span record types must differ in length")
 
 
-class DropSpanExporter(SpanExporter):
-    """Exports nothing."""
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
-
-
 def make_exporter(config: TraceConfig) -> SpanExporter:
-    """The span exporter ``config`` names."""
-    kind, endpoint = config.exporter, config.endpoint
-    if kind == "none":
-        return DropSpanExporter()
-    if kind == "console":
+    """The SDK exporter for the exporters that take the ReadableSpan path (console, otlp-http).
+
+    ``otlp-grpc`` takes :class:`RecordExport` instead, and ``none`` exports nothing
+    (:class:`NullSink`).
+    """
+    if config.exporter == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter(service_name=config.service_name)
-    if kind == "otlp-http":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    if config.exporter != "otlp-http":
+        raise ValueError(f"exporter '{config.exporter}' does not take the ReadableSpan path")
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        if endpoint is not None:
-            if "://" not in endpoint:
-                endpoint = f"http://{endpoint}"
-            if urlsplit(endpoint).path in ("", "/"):
-                endpoint = endpoint.rstrip("/") + "/v1/traces"
-        return OTLPSpanExporter(endpoint=endpoint)
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-    return OTLPSpanExporter(endpoint=grpc_endpoint(endpoint))
+    endpoint = config.endpoint
+    if endpoint is not None:
+        if "://" not in endpoint:
+            endpoint = f"http://{endpoint}"
+        if urlsplit(endpoint).path in ("", "/"):
+            endpoint = endpoint.rstrip("/") + "/v1/traces"
+    return OTLPSpanExporter(endpoint=endpoint)
 
 
 def grpc_endpoint(endpoint: str | None) -> str | None:
@@ -173,12 +164,7 @@ class LocalSink:
         self._builder = builder
 
     def add(self, record: SpanRecord) -> None:
-        builder = self._builder
-        if type(record) is RequestSpanRecord:
-            span = builder.request_span(record)
-        else:
-            span = builder.batch_span(record)  # type: ignore[arg-type]
-        self._processor.on_end(span)
+        self._processor.on_end(self._builder.span(record))
 
     def flush(self, timeout_s: float) -> bool:
         return self._processor.force_flush(int(timeout_s * 1000))
@@ -418,8 +404,8 @@ def serve_exporter(source: IO[bytes], acks: IO[bytes]) -> None:
                 direct.add(payload)
             else:
                 on_end = processor.on_end  # type: ignore[union-attr]
-                for span in builder.build(payload):
-                    on_end(span)
+                for record in payload:
+                    on_end(builder.span(record))
         elif kind == "flush":
             token, timeout_s = payload
             if direct is not None:

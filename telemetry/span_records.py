@@ -95,11 +95,13 @@ class SpanBuilder:
         self, records: Iterable[RequestSpanRecord | BatchSpanRecord]
     ) -> Iterator[ReadableSpan]:
         """One span per record, in order."""
-        for record in records:
-            if type(record) is RequestSpanRecord:
-                yield self.request_span(record)
-            else:
-                yield self.batch_span(record)  # type: ignore[arg-type]
+        return map(self.span, records)
+
+    def span(self, record: RequestSpanRecord | BatchSpanRecord) -> ReadableSpan:
+        """The span of one record."""
+        if type(record) is RequestSpanRecord:
+            return self.request_span(record)
+        return self.batch_span(record)  # type: ignore[arg-type]
 
     def request_span(self, r: RequestSpanRecord) -> ReadableSpan:
         offset = self.offset
