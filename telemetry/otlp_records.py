@@ -73,6 +73,8 @@ class OtlpRecordEncoder:
         ]
         #: (method, model, version) -> the attribute messages every such span carries.
         self._cached: dict[tuple[str, str, str], list[KeyValue]] = {}
+        #: A span's shape (its attributes and event names) -> that span less ids and times.
+        self._templates: dict[tuple, Span] = {}
 
     def encode(
         self, records: Iterable[RequestSpanRecord | BatchSpanRecord]
@@ -107,12 +109,56 @@ class OtlpRecordEncoder:
         return attributes
 
     def _request_span(self, span: Span, r: RequestSpanRecord) -> None:
+        if r.request_id or r.tensors or r.error_type:
+            self._request_span_in_full(span, r)  # rare shapes: not worth a template
+            return
+        key = (
+            r.method,
+            r.model,
+            r.version,
+            r.grpc_status,
+            r.batch_size,
+            r.received_ns > 0,
+            r.send_ns > 0,
+        )
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(key, self._request_span_in_full, r)
+        # One C-level merge copies the attributes and the named events; only the ids
+        # and times below differ from span to span.
+        span.MergeFrom(template)
         offset = self._offset
         span.trace_id = r.trace_id.to_bytes(16, "big")
         span.span_id = r.span_id.to_bytes(8, "big")
         if r.parent_span_id:
             span.parent_span_id = r.parent_span_id.to_bytes(8, "big")
-        span.flags = _REMOTE_PARENT if r.parent_remote else _LOCAL_PARENT
+        span.flags = _REMOTE_PARENT if r.parent_span_id and r.parent_remote else _LOCAL_PARENT
+        span.start_time_unix_nano = r.start_ns + offset
+        span.end_time_unix_nano = r.end_ns + offset
+        for event, at in zip(span.events, _request_event_times(r), strict=True):
+            event.time_unix_nano = at + offset
+
+    def _template(self, key: tuple, build, record) -> Span:  # type: ignore[no-untyped-def]
+        """A span as ``build`` encodes ``record``, less the ids and times (which vary)."""
+        if len(self._templates) >= _MAX_TEMPLATES:  # unbounded shapes (ever new sizes)
+            self._templates.clear()
+        template = Span()
+        build(template, record)
+        for field in _VARYING_FIELDS:
+            template.ClearField(field)
+        for event in template.events:
+            event.ClearField("time_unix_nano")
+        template.ClearField("links")
+        self._templates[key] = template
+        return template
+
+    def _request_span_in_full(self, span: Span, r: RequestSpanRecord) -> None:
+        offset = self._offset
+        span.trace_id = r.trace_id.to_bytes(16, "big")
+        span.span_id = r.span_id.to_bytes(8, "big")
+        if r.parent_span_id:
+            span.parent_span_id = r.parent_span_id.to_bytes(8, "big")
+        span.flags = _REMOTE_PARENT if r.parent_span_id and r.parent_remote else _LOCAL_PARENT
         span.name = r.method
         span.kind = _SERVER
         span.start_time_unix_nano = r.start_ns + offset
@@ -132,19 +178,39 @@ class OtlpRecordEncoder:
             span.status.code = _ERROR
             span.status.message = r.error_message
         events = span.events
-        if r.received_ns:
-            events.add(name="queue_start", time_unix_nano=r.received_ns + offset)
-            if r.batch_size:
-                events.add(name="compute_start", time_unix_nano=r.queued_ns + offset)
-                events.add(name="compute_input_end", time_unix_nano=r.input_end_ns + offset)
-                events.add(name="compute_output_start", time_unix_nano=r.infer_end_ns + offset)
-                events.add(name="compute_end", time_unix_nano=r.output_end_ns + offset)
-            else:
-                events.add(name="queue_end", time_unix_nano=r.queued_ns + offset)
-        if r.send_ns:
-            events.add(name="response_send", time_unix_nano=r.send_ns + offset)
+        for name, at in zip(_request_event_names(r), _request_event_times(r), strict=True):
+            events.add(name=name, time_unix_nano=at + offset)
 
     def _batch_span(self, span: Span, r: BatchSpanRecord) -> None:
+        if r.error_type:
+            self._batch_span_in_full(span, r)
+            return
+        key = (r.model, r.version, r.size, r.padded_size, r.request_count, r.device, r.instance)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(key, self._batch_span_in_full, r)
+        span.MergeFrom(template)
+        offset = self._offset
+        span.trace_id = r.trace_id.to_bytes(16, "big")
+        span.span_id = r.span_id.to_bytes(8, "big")
+        span.flags = _LOCAL_PARENT
+        span.start_time_unix_nano = r.start_ns + offset
+        span.end_time_unix_nano = r.end_ns + offset
+        input_end, infer_end = span.events
+        input_end.time_unix_nano = r.input_end_ns + offset
+        infer_end.time_unix_nano = r.infer_end_ns + offset
+        self._links(span, r)
+
+    def _links(self, span: Span, r: BatchSpanRecord) -> None:
+        add = span.links.add
+        for trace_id, span_id in r.links:
+            add(
+                trace_id=trace_id.to_bytes(16, "big"),
+                span_id=span_id.to_bytes(8, "big"),
+                flags=_LOCAL_PARENT,
+            )
+
+    def _batch_span_in_full(self, span: Span, r: BatchSpanRecord) -> None:
         offset = self._offset
         span.trace_id = r.trace_id.to_bytes(16, "big")
         span.span_id = r.span_id.to_bytes(8, "big")
@@ -170,13 +236,47 @@ class OtlpRecordEncoder:
             span.status.message = r.error_message
         span.events.add(name="compute_input_end", time_unix_nano=r.input_end_ns + offset)
         span.events.add(name="compute_output_start", time_unix_nano=r.infer_end_ns + offset)
-        links = span.links
-        for trace_id, span_id in r.links:
-            links.add(
-                trace_id=trace_id.to_bytes(16, "big"),
-                span_id=span_id.to_bytes(8, "big"),
-                flags=_LOCAL_PARENT,
-            )
+        self._links(span, r)
+
+
+#: Span fields that differ between spans of one template (see ``OtlpRecordEncoder._template``).
+_VARYING_FIELDS = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "flags",
+    "start_time_unix_nano",
+    "end_time_unix_nano",
+)
+#: Templates kept before the cache starts over (shapes: method, model, status, batch size...).
+_MAX_TEMPLATES = 4096
+
+
+def _request_event_names(r: RequestSpanRecord) -> tuple[str, ...]:
+    """The request span's events (phases that happened), in order; times: below."""
+    names: tuple[str, ...] = ()
+    if r.received_ns:
+        if r.batch_size:
+            names = ("queue_start", "compute_start", "compute_input_end")
+            names += ("compute_output_start", "compute_end")
+        else:  # failed before its batch ran (queue timeout, shutdown...)
+            names = ("queue_start", "queue_end")
+    if r.send_ns:
+        names += ("response_send",)
+    return names
+
+
+def _request_event_times(r: RequestSpanRecord) -> tuple[int, ...]:
+    """The perf_counter times of :func:`_request_event_names`' events."""
+    times: tuple[int, ...] = ()
+    if r.received_ns:
+        if r.batch_size:
+            times = (r.received_ns, r.queued_ns, r.input_end_ns, r.infer_end_ns, r.output_end_ns)
+        else:
+            times = (r.received_ns, r.queued_ns)
+    if r.send_ns:
+        times += (r.send_ns,)
+    return times
 
 
 def record_exporter(

@@ -31,6 +31,11 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         self._receiver = receiver
 
     def Export(self, request, context):
+        if not self._receiver.keeps:  # count-only: no Python object per span
+            self._receiver._count(
+                sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+            )
+            return trace_service_pb2.ExportTraceServiceResponse()
         received: list[tuple[str, trace_pb2.Span]] = []
         for resource_spans in request.resource_spans:
             service = ""
@@ -76,14 +81,24 @@ class OtlpReceiver:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def keeps(self) -> bool:
+        """Whether received spans are kept (else only counted)."""
+        return self._keep
+
+    def _count(self, spans: int) -> None:
+        with self._cond:
+            self.exports += 1
+            self.span_count += spans
+            self._cond.notify_all()
+
     def _add(self, received: list[tuple[str, trace_pb2.Span]]) -> None:
         with self._cond:
             self.exports += 1
             self.span_count += len(received)
-            if self._keep:
-                for service, span in received:
-                    self._services.append(service)
-                    self._spans.append(span)
+            for service, span in received:
+                self._services.append(service)
+                self._spans.append(span)
             self._cond.notify_all()
 
     @property

@@ -112,3 +112,22 @@ def test_spans_reach_an_otlp_http_receiver(examples_repository) -> None:
     ]
     requests = [s for s in spans if s.name == "ModelInfer"]
     assert len(requests) == 2 and all(s.trace_id.hex() == TRACE_ID for s in requests)
+
+
+def test_a_count_only_receiver_counts_every_span_and_keeps_none() -> None:
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    for spans in (3, 2):
+        scope = request.resource_spans.add().scope_spans.add()
+        for i in range(spans):
+            scope.spans.add(name=f"span-{i}")
+    with OtlpReceiver(keep=False) as receiver:
+        assert not receiver.keeps
+        with grpc.insecure_channel(f"127.0.0.1:{receiver.port}") as channel:
+            export = trace_service_pb2_grpc.TraceServiceStub(channel).Export
+            export(request, timeout=10)
+            export(request, timeout=10)
+        assert (receiver.span_count, receiver.exports) == (10, 2)
+        assert receiver.spans == []

@@ -142,3 +142,44 @@ def test_the_encoded_request_round_trips_through_protobuf() -> None:
     encoded = OtlpRecordEncoder(builder.resource, builder.scope, OFFSET).encode(RECORDS)
     parsed = ExportTraceServiceRequest.FromString(encoded.SerializeToString())
     assert normalized(parsed) == normalized(encoded)
+
+
+def test_spans_of_one_shape_share_nothing_but_their_shape() -> None:
+    """Spans of a repeated shape are built from a cached template: ids, parents and
+    times must still be each record's own, exactly as the SDK encodes them."""
+    records: list[RequestSpanRecord | BatchSpanRecord] = []
+    for i in range(1, 5):
+        records.append(
+            request(
+                trace_id=1000 + i,
+                span_id=2000 + i,
+                parent_span_id=0 if i % 2 else 3000 + i,
+                parent_remote=bool(i % 3),
+                request_id="",
+                start_ns=10 * i,
+                end_ns=10 * i + 9,
+                received_ns=10 * i + 1,
+                queued_ns=10 * i + 2,
+                input_end_ns=10 * i + 3,
+                infer_end_ns=10 * i + 4,
+                output_end_ns=10 * i + 5,
+                send_ns=10 * i + 6,
+            )
+        )
+        records.append(
+            BatchSpanRecord(
+                9, 4000 + i, "mlp", "1", 4, 4, 1, "cpu", 0, 10 * i, 10 * i + 3, 10 * i + 4,
+                10 * i + 5, ((1000 + i, 2000 + i),), "", "",
+            )
+        )  # fmt: skip
+    builder = span_builder("batchwire-test", OFFSET)
+    sdk = normalized(encode_spans(list(builder.build(records))))
+    encoder = OtlpRecordEncoder(builder.resource, builder.scope, OFFSET)
+    for _ in range(2):  # the second pass reuses every template
+        ours = normalized(encoder.encode(records))
+        assert ours == sdk
+    spans = ours["spans"]
+    assert len({span["ids"] for span in spans}) == len(records)
+    assert [len(span["links"]) for span in spans[1::2]] == [1, 1, 1, 1]
+    assert spans[2]["times"] == (OFFSET + 20, OFFSET + 29)
+    assert spans[2]["events"][-1] == ("response_send", OFFSET + 26, {})
