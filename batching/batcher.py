@@ -8,7 +8,9 @@ and runs the next pass. There is no scheduler task and nothing polls: a pass run
 
 - once per loop iteration in which requests arrived while an instance was idle (or a
   full batch could be staged) -- ``loop.call_soon``, coalesced, so requests arriving in
-  one iteration are seen together;
+  one iteration are seen together; except that a request arriving *alone* (nothing else
+  of the model queued or running) runs that pass in its own task after one yield, so a
+  batch run inline answers it without a second trip through the loop;
 - when a batch completes (an instance frees);
 - when the one timer fires: the earliest of the batch-window end chosen by
   :mod:`batchwire.batching.policy` and the next queue timeout or deadline.
@@ -173,6 +175,16 @@ class ModelBatcher:
         """Requests queued (not yet in a batch), all priority levels."""
         return self._queue.depth
 
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not yet answered: queued, staged or running."""
+        return self._in_flight
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or running, and no scheduling pass or timer pending."""
+        return not self._in_flight and self._timer is None and self._kick is None
+
     async def start(self) -> None:
         """Create every instance (in its worker thread), warm it up, start accepting.
 
@@ -255,11 +267,23 @@ class ModelBatcher:
             if entry.deadline is not None and entry.deadline < expiry:
                 expiry = entry.deadline
             self._arm(expiry)
+        alone = self._idle and self._in_flight == 1
         if (
-            self._idle or (self._pipelined and queue.items >= self._max_items)
-        ) and self._kick is None:
+            not alone
+            and self._kick is None
+            and (self._idle or (self._pipelined and queue.items >= self._max_items))
+        ):
             self._kick = self._loop.call_soon(self._schedule)  # type: ignore[union-attr]
         try:
+            if alone:
+                # Nothing else of this model is queued or running: this task runs the
+                # pass itself, after one yield so that requests arriving in this loop
+                # iteration still join the batch (their submits run first). A batch
+                # run inline then answers this request without the trip through the
+                # loop that waking on its future costs (~0.1 ms at concurrency 1 here).
+                await asyncio.sleep(0)
+                if entry.state == QUEUED:
+                    self._schedule()
             return await entry.future
         except asyncio.CancelledError:
             self._withdraw(entry)

@@ -216,4 +216,4 @@ async def admitted(batcher, count: int) -> None:
     Queue depth alone is not enough: a complete batch may already be staged on a busy
     instance (pipelining).
     """
-    await until(lambda: batcher._in_flight == count)
+    await until(lambda: batcher.in_flight == count)

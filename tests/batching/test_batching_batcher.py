@@ -478,7 +478,7 @@ def test_nothing_left_behind_after_stop():
         for _ in range(3):
             await asyncio.gather(*(b.submit(req(float(i))) for i in range(10)))
         await b.stop()
-        assert b._in_flight == 0 and b.queue_depth == 0 and b._timer is None and b._kick is None
+        assert b.idle and b.in_flight == 0 and b.queue_depth == 0
 
     run(main())
     assert not [t for t in threading.enumerate() if t.name.startswith("batchwire-m-")]
@@ -489,6 +489,48 @@ def test_submit_before_start_is_not_ready():
         b = ModelBatcher(TestModel(make_spec(batching=batching())))
         with pytest.raises(ModelNotReadyError):
             await b.submit(req(1.0))
+        await b.stop()
+
+    run(main())
+
+
+def _answered_without_waiting(coro):
+    """Step ``coro`` by hand: its result if it finished without awaiting a future
+    (bare yields to the loop allowed), else None."""
+    for _ in range(3):
+        try:
+            waited_on = coro.send(None)
+        except StopIteration as done:
+            return done.value
+        if waited_on is not None:  # a future: it waits for someone to resolve it
+            break
+    coro.close()
+    return None
+
+
+def test_a_lone_request_runs_inline_and_is_answered_without_waiting_on_its_future():
+    """Alone in flight, on an idle instance that runs batches inline, a request is
+    answered inside ``submit`` after one yield to the loop (which lets requests of the
+    same loop iteration join its batch): no second trip to wake on its future."""
+    from batchwire.core.spec import ExecutionSpec
+
+    async def main():
+        spec = make_spec(
+            batching=batching(max_queue_delay_us=2000),
+            execution=ExecutionSpec(inline_below_us=10_000_000),
+        )
+        model = TestModel(spec)
+        b = await started(model)
+        for i in range(6):  # the first batches go to the worker, then a probe runs inline
+            await b.submit(req(float(i)))
+        result = _answered_without_waiting(b.submit(req(42.0)))
+        assert result is not None, "the lone request waited on its future"
+        np.testing.assert_array_equal(result.outputs["OUTPUT0"], np.full((1, 4), 84.0))
+        assert model.tag_batches[-1] == [42.0]
+        assert b.idle
+        # Requests submitted in one loop iteration still make one batch.
+        await asyncio.gather(*(b.submit(req(float(i))) for i in range(10, 14)))
+        assert model.tag_batches[-1] == [10.0, 11.0, 12.0, 13.0]
         await b.stop()
 
     run(main())
