@@ -17,7 +17,9 @@ sides of it):
    of a bare gRPC round trip (what batchwire adds to the transport);
 4. a concurrency sweep per model: throughput, p50/p99 and mean batch size;
 5. for context, the bare Python gRPC ceiling (:mod:`batchwire.bench.bare_server`,
-   no model work) under the same load, and the served ``null`` model against it.
+   no model work) under the same load, and the served ``null`` model against it;
+   and served ``mlp`` over one ModelStreamInfer stream (32 in flight) against the
+   bare server's stream.
 
 It writes ``batching.json`` and ``batching.png`` into ``--out`` and prints the
 three ratios. Targets are reported, never asserted: the figures depend on the
@@ -87,7 +89,9 @@ def _statistics(address: str, model: str) -> tuple[int, int] | None:
     return stats.model_stats[0].inference_count, stats.model_stats[0].execution_count
 
 
-def measure(address: str, model: str, concurrency: int, plan: Plan) -> dict:
+def measure(
+    address: str, model: str, concurrency: int, plan: Plan, *, streaming: bool = False
+) -> dict:
     """One load window; adds the mean batch size when the server reports statistics."""
     request = build_request(model, sample_inputs(model))
     before = _statistics(address, model)
@@ -98,6 +102,7 @@ def measure(address: str, model: str, concurrency: int, plan: Plan) -> dict:
         concurrency=concurrency,
         seconds=plan.seconds,
         warmup=plan.warmup,
+        streaming=streaming,
     )
     after = _statistics(address, model)
     row = {"model": model, **result.summary(), "mean_batch": None}
@@ -140,6 +145,10 @@ def run(out: Path, plan: Plan) -> dict:
                     "mlp_c32": measure(address, "mlp", 32, plan),
                     "null_c32": measure(address, "null", 32, plan),
                     "bare_grpc_c32": measure(bare_server.address, "null", 32, plan),
+                    "mlp_stream_c32": measure(address, "mlp", 32, plan, streaming=True),
+                    "bare_stream_c32": measure(
+                        bare_server.address, "null", 32, plan, streaming=True
+                    ),
                     "cnn_saturation": measure(address, "cnn", plan.saturation, plan),
                 }
                 batch = max(1, round(row["cnn_saturation"]["mean_batch"] or 32))
@@ -168,6 +177,11 @@ def run(out: Path, plan: Plan) -> dict:
     context = {
         "null_over_bare_grpc": per_round(
             lambda r: r["null_c32"]["throughput"] / r["bare_grpc_c32"]["throughput"]
+        ),
+        # Streaming (one ModelStreamInfer stream, 32 in flight) against the bare
+        # server's stream: where gRPC's per-call cost is smallest, batchwire's own shows.
+        "mlp_stream_over_bare_stream": per_round(
+            lambda r: r["mlp_stream_c32"]["throughput"] / r["bare_stream_c32"]["throughput"]
         ),
         # The same low-load figure with the transport taken out: what batchwire adds
         # to a bare gRPC round trip (the bare server at one request in flight).

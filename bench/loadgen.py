@@ -1,4 +1,5 @@
-"""A closed-loop gRPC load generator: C workers, each sending its next request on reply.
+"""A closed-loop gRPC load generator: C requests in flight, each answer sending the next
+(unary calls, or one bidirectional ModelStreamInfer stream).
 
 Requests are encoded once up front, so the generator spends its CPU on gRPC,
 not on building messages (on 2 cores it shares the machine with the server).
@@ -95,6 +96,57 @@ async def _drive(
     return LoadResult(concurrency, elapsed, counted, counted * items, errors, latencies)
 
 
+async def _drive_stream(
+    address: str,
+    request: pb.ModelInferRequest,
+    items: int,
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+) -> LoadResult:
+    """``concurrency`` requests in flight on one ModelStreamInfer stream; each answer
+    sends its slot's next request (slots are told apart by the request ``id``)."""
+    slots = []
+    for slot in range(concurrency):
+        copy = pb.ModelInferRequest()
+        copy.CopyFrom(request)
+        copy.id = str(slot)
+        slots.append(copy)
+    sent_at = [0.0] * concurrency
+    latencies: list[float] = []
+    errors = 0
+    counted = 0
+    options = [("grpc.max_receive_message_length", 2**31 - 1)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+        start = time.perf_counter()
+        measure_from = start + warmup
+        stop_at = measure_from + seconds
+        for slot, message in enumerate(slots):
+            sent_at[slot] = time.perf_counter()
+            await call.write(message)
+        outstanding = concurrency
+        while outstanding:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                raise RuntimeError(f"the stream ended with {outstanding} request(s) unanswered")
+            done = time.perf_counter()
+            slot = int(response.infer_response.id)
+            if response.error_message:
+                errors += 1
+            elif sent_at[slot] >= measure_from:
+                latencies.append((done - sent_at[slot]) * 1e3)
+                counted += 1
+            if done < stop_at:
+                sent_at[slot] = done
+                await call.write(slots[slot])
+            else:
+                outstanding -= 1
+        await call.done_writing()
+        elapsed = time.perf_counter() - measure_from
+    return LoadResult(concurrency, elapsed, counted, counted * items, errors, latencies)
+
+
 def run_load(
     address: str,
     request: pb.ModelInferRequest,
@@ -103,12 +155,17 @@ def run_load(
     concurrency: int,
     seconds: float,
     warmup: float = 0.5,
+    streaming: bool = False,
 ) -> LoadResult:
-    """Keep ``concurrency`` requests in flight for ``warmup + seconds``; measure the last ``seconds``."""
+    """Keep ``concurrency`` requests in flight for ``warmup + seconds``; measure the last ``seconds``.
+
+    ``streaming``: over one ModelStreamInfer stream instead of unary ModelInfer calls.
+    """
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(_drive(address, request, items_per_request, concurrency, warmup, seconds))
+    drive = _drive_stream if streaming else _drive
+    return runner(drive(address, request, items_per_request, concurrency, warmup, seconds))

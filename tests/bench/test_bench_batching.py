@@ -25,6 +25,7 @@ def test_quick_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
         "mlp_over_null",
         "low_load_overhead_ms",
         "null_over_bare_grpc",
+        "mlp_stream_over_bare_stream",
         "low_load_overhead_over_bare_grpc_ms",
     ):
         assert key in result.stdout
@@ -39,6 +40,8 @@ def test_quick_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
         "null_c32",
         "cnn_saturation",
         "bare_grpc_c32",
+        "mlp_stream_c32",
+        "bare_stream_c32",
     }
     for window in windows.values():
         assert window["requests"] > 0 and window["errors"] == 0
