@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import grpc
@@ -200,8 +201,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         in_flight = 0
         reading = True
 
-        def finish(task: asyncio.Task, msg: pb.ModelInferRequest) -> None:
+        def finish(msg: pb.ModelInferRequest, task: asyncio.Task) -> None:
+            # The task's one done callback (each callback costs a trip through the loop).
             nonlocal in_flight
+            tasks.discard(task)
             in_flight -= 1
             if task.cancelled():
                 return
@@ -248,8 +251,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     in_flight += 1
                     task = asyncio.ensure_future(infer(msg))
                     tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    task.add_done_callback(lambda t, m=msg: finish(t, m))
+                    task.add_done_callback(partial(finish, msg))
             finally:
                 reading = False
                 if in_flight == 0:
