@@ -11,7 +11,8 @@ from pathlib import Path
 from batchwire.clients.readiness import ServerNotReadyError, wait_until_ready
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -23,7 +24,7 @@ class ServerProcess:
     def __init__(
         self, repository: Path | None, *extra_args: str, log_path: Path | None = None
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         args = [
             sys.executable,
@@ -44,6 +45,11 @@ class ServerProcess:
         self._log_path = log_path
         self._proc: subprocess.Popen | None = None
         self._log = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id (None before :meth:`start`)."""
+        return None if self._proc is None else self._proc.pid
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         self._log = open(self._log_path, "w") if self._log_path else None  # noqa: SIM115

@@ -10,18 +10,19 @@ tracing off and on again through the TraceSetting RPC (global ``trace_level``
 OFF / TIMESTAMPS), so both modes run on the same process, the same warm model
 and the same connections, in alternating windows (untraced, traced, untraced,
 traced...): drift on a shared machine hits both alike. Traced means every
-request: a server span with ``queue`` and ``compute`` child spans, plus one
-``batch`` span per batch. Spans go to an exporter that drops them in the server
-(``none``, the default: the cost of sampling, building and queueing spans) or,
-with ``--exporter otlp-grpc``, over OTLP/gRPC to a receiver in its own process
-(adds span building and protobuf encoding, in the server's exporter process, to the server's CPU). With
-``--traceparent`` every request carries a sampled W3C traceparent (the
-parent-based path, context extraction included). The load generator is a
-closed loop of ``--concurrency`` asyncio gRPC calls with a pre-encoded request.
+request: a server span with its phases as events, plus one ``batch`` span per
+batch. With exporter ``none`` (the default) the server records spans and drops
+them (the cost of sampling and recording on the event loop); with
+``--exporter otlp-grpc`` they go over OTLP/gRPC to a receiver in its own process,
+and the server's exporter process (building and encoding spans) counts in the
+server's CPU. With ``--traceparent`` every request carries a sampled W3C
+traceparent (the parent-based path, context extraction included). The load
+generator is a closed loop of ``--concurrency`` asyncio gRPC calls with a
+pre-encoded request.
 
 Writes ``tracing_overhead.json`` and ``tracing_overhead.png`` into ``--out``:
-every window's throughput (and the CPU per request of the server and its child processes, Linux: ``cpu_ratio``
-= untraced / traced CPU per request), ``ratio``
+every window's throughput (and, on Linux, the CPU per request of the server and
+its child processes: ``cpu_ratio`` = untraced / traced CPU per request), ``ratio``
 = mean traced / mean untraced throughput and ``round_ratio`` = the median of the
 per-round ratios (each traced window over the untraced one just before it;
 sturdier on a noisy machine). Target >= 0.85, reported, never asserted.
@@ -154,9 +155,9 @@ class _ReceiverProcess:
         import subprocess
         import sys
 
-        from batchwire.bench.server_process import _free_port
+        from batchwire.bench.server_process import free_port
 
-        port = _free_port()
+        port = free_port()
         self.endpoint = f"http://127.0.0.1:{port}"
         self._proc = subprocess.Popen(
             [
@@ -220,7 +221,7 @@ def _server(
     if endpoint is not None:
         args += ["--trace-endpoint", endpoint]
     with ServerProcess(repo, *args, log_path=out / "server.log") as server:
-        yield server.address, server._proc.pid  # type: ignore[union-attr]
+        yield server.address, server.pid
 
 
 def run(
