@@ -4,8 +4,11 @@ The SDK path turns each record into a ``ReadableSpan`` (~20 us here) that the OT
 exporter then encodes attribute by attribute (70-110 us for a request span with its
 six events): about 135 us per request, a fifth of what serving it costs on a 2-vCPU
 box. :class:`OtlpRecordEncoder` builds the ``ExportTraceServiceRequest`` from the
-records directly with opentelemetry-proto's messages, reusing the attribute messages
-that repeat (service, method, model, version): about 28 us per request span.
+records directly with opentelemetry-proto's messages. Spans of a shape seen before
+(same method, model, version, status, batch size and phases) start as a C-level
+merge of a cached template holding their attributes and event names; only ids and
+times are set per span: 11-17 us per request span, its share of the batch span
+included (22-28 us building each span attribute by attribute).
 :func:`record_exporter` wraps it in the SDK's own OTLP/gRPC exporter, which keeps
 doing the transport: endpoint and ``OTEL_EXPORTER_OTLP_*`` settings, headers, TLS,
 compression, retries with backoff, timeouts. The encoding is checked field by field
@@ -113,6 +116,7 @@ class OtlpRecordEncoder:
             self._request_span_in_full(span, r)  # rare shapes: not worth a template
             return
         key = (
+            "request",
             r.method,
             r.model,
             r.version,
@@ -185,7 +189,16 @@ class OtlpRecordEncoder:
         if r.error_type:
             self._batch_span_in_full(span, r)
             return
-        key = (r.model, r.version, r.size, r.padded_size, r.request_count, r.device, r.instance)
+        key = (
+            "batch",
+            r.model,
+            r.version,
+            r.size,
+            r.padded_size,
+            r.request_count,
+            r.device,
+            r.instance,
+        )
         template = self._templates.get(key)
         if template is None:
             template = self._template(key, self._batch_span_in_full, r)
