@@ -125,22 +125,27 @@ class OtlpRecordEncoder:
             r.received_ns > 0,
             r.send_ns > 0,
         )
-        template = self._templates.get(key)
-        if template is None:
-            template = self._template(key, self._request_span_in_full, r)
-        # One C-level merge copies the attributes and the named events; only the ids
-        # and times below differ from span to span.
-        span.MergeFrom(template)
-        offset = self._offset
-        span.trace_id = r.trace_id.to_bytes(16, "big")
-        span.span_id = r.span_id.to_bytes(8, "big")
+        self._from_template(span, key, self._request_span_in_full, r)
         if r.parent_span_id:
             span.parent_span_id = r.parent_span_id.to_bytes(8, "big")
         span.flags = _REMOTE_PARENT if r.parent_span_id and r.parent_remote else _LOCAL_PARENT
-        span.start_time_unix_nano = r.start_ns + offset
-        span.end_time_unix_nano = r.end_ns + offset
+        offset = self._offset
         for event, at in zip(span.events, _request_event_times(r), strict=True):
             event.time_unix_nano = at + offset
+
+    def _from_template(self, span: Span, key: tuple, build, r) -> None:  # type: ignore[no-untyped-def]
+        """Fill ``span`` from the template of ``key`` (made with ``build`` from ``r`` if
+        new) and set the ids and times every record type has."""
+        template = self._templates.get(key)
+        if template is None:
+            template = self._template(key, build, r)
+        # One C-level merge copies the attributes and the named events; only the ids
+        # and times differ from span to span.
+        span.MergeFrom(template)
+        span.trace_id = r.trace_id.to_bytes(16, "big")
+        span.span_id = r.span_id.to_bytes(8, "big")
+        span.start_time_unix_nano = r.start_ns + self._offset
+        span.end_time_unix_nano = r.end_ns + self._offset
 
     def _template(self, key: tuple, build, record) -> Span:  # type: ignore[no-untyped-def]
         """A span as ``build`` encodes ``record``, less the ids and times (which vary)."""
@@ -199,16 +204,9 @@ class OtlpRecordEncoder:
             r.device,
             r.instance,
         )
-        template = self._templates.get(key)
-        if template is None:
-            template = self._template(key, self._batch_span_in_full, r)
-        span.MergeFrom(template)
-        offset = self._offset
-        span.trace_id = r.trace_id.to_bytes(16, "big")
-        span.span_id = r.span_id.to_bytes(8, "big")
+        self._from_template(span, key, self._batch_span_in_full, r)
         span.flags = _LOCAL_PARENT
-        span.start_time_unix_nano = r.start_ns + offset
-        span.end_time_unix_nano = r.end_ns + offset
+        offset = self._offset
         input_end, infer_end = span.events
         input_end.time_unix_nano = r.input_end_ns + offset
         infer_end.time_unix_nano = r.infer_end_ns + offset
