@@ -37,8 +37,10 @@ event-loop thread, updated per arrival and per completed batch:
   executing), the candidate's included.
 - ``returning``: requests answered recently whose clients have not sent a new request
   yet: +1 per answered request, -1 per arrival (never below 0), reset to 0 when nothing
-  was answered for longer than ``D``. In a closed loop (each client sends its next
-  request when it gets its answer) it counts the requests about to come back.
+  was answered for longer than ``D``, and when a batch held for them reaches the end of
+  its window (rule 2: they did not come back within ``D``, so they have left). In a
+  closed loop (each client sends its next request when it gets its answer) it counts
+  the requests about to come back.
 
 4. Alone: ``in_flight == n`` (nothing else of this model is queued or executing) and
    ``returning == 0``: dispatch now. At concurrency 1 a request never waits: latency is
@@ -104,7 +106,13 @@ class DispatchPolicy:
         """
         delay = self._delay
         end = oldest + delay
-        if delay <= 0.0 or now >= end or queued > count:
+        if now >= end:
+            # A whole window passed without the expected clients: they left (a stream
+            # closed, callers went away). Forget them, or a client that stays would be
+            # held a full window on every request, each answer re-arming the count.
+            self.returning = 0
+            return None
+        if delay <= 0.0 or queued > count:
             return None
         if not self.adaptive:
             return end

@@ -217,3 +217,17 @@ async def admitted(batcher, count: int) -> None:
     instance (pipelining).
     """
     await until(lambda: batcher.in_flight == count)
+
+
+def answered_without_waiting(coro):
+    """Step ``coro`` by hand: its result if it finished without awaiting a future
+    (bare yields to the loop allowed), else None."""
+    for _ in range(3):
+        try:
+            waited_on = coro.send(None)
+        except StopIteration as done:
+            return done.value
+        if waited_on is not None:  # a future: it waits for someone to resolve it
+            break
+    coro.close()
+    return None

@@ -15,6 +15,7 @@ from batching_testkit import (
     RecordingObserver,
     TestModel,
     admitted,
+    answered_without_waiting,
     batching,
     hold_instance,
     make_spec,
@@ -494,20 +495,6 @@ def test_submit_before_start_is_not_ready():
     run(main())
 
 
-def _answered_without_waiting(coro):
-    """Step ``coro`` by hand: its result if it finished without awaiting a future
-    (bare yields to the loop allowed), else None."""
-    for _ in range(3):
-        try:
-            waited_on = coro.send(None)
-        except StopIteration as done:
-            return done.value
-        if waited_on is not None:  # a future: it waits for someone to resolve it
-            break
-    coro.close()
-    return None
-
-
 def test_a_lone_request_runs_inline_and_is_answered_without_waiting_on_its_future():
     """Alone in flight, on an idle instance that runs batches inline, a request is
     answered inside ``submit`` after one yield to the loop (which lets requests of the
@@ -523,7 +510,7 @@ def test_a_lone_request_runs_inline_and_is_answered_without_waiting_on_its_futur
         b = await started(model)
         for i in range(6):  # the first batches go to the worker, then a probe runs inline
             await b.submit(req(float(i)))
-        result = _answered_without_waiting(b.submit(req(42.0)))
+        result = answered_without_waiting(b.submit(req(42.0)))
         assert result is not None, "the lone request waited on its future"
         np.testing.assert_array_equal(result.outputs["OUTPUT0"], np.full((1, 4), 84.0))
         assert model.tag_batches[-1] == [42.0]

@@ -9,6 +9,7 @@ import time
 
 from batching_testkit import (
     TestModel,
+    answered_without_waiting,
     batching,
     hold_instance,
     make_spec,
@@ -226,6 +227,49 @@ def test_no_waiting_when_window_zero_even_if_busy_later():
         model.gate.set()
         await asyncio.gather(held, *tasks)
         assert model.sizes == [1, 3]
+        await b.stop()
+
+    run(main())
+
+
+def test_clients_that_never_come_back_are_forgotten_after_one_window():
+    """31 of 32 clients leave (a stream closes): the one that stays waits at most one
+    window once, not on every request."""
+    p = DispatchPolicy(D, adaptive=True)
+    p.on_answered(1.0, 32)
+    t = 1.0001
+    p.on_arrival(t)  # the client that stays
+    assert p.hold_until(t, oldest=t, count=1, in_flight=1, queued=1) == t + D
+    assert p.hold_until(t + D, oldest=t, count=1, in_flight=1, queued=1) is None  # window end
+    assert p.returning == 0
+    for _ in range(5):  # answered at once from now on, however fast it comes back
+        p.on_answered(t + D, 1)
+        t += D + 0.0001
+        p.on_arrival(t)
+        assert p.hold_until(t, oldest=t, count=1, in_flight=1, queued=1) is None
+
+
+def test_a_client_left_alone_after_a_burst_is_not_held_on_every_request():
+    """Batcher level: after 8 concurrent clients, one keeps sending one request at a
+    time. At most its first request waits (for the others to come back); every later
+    one is answered inside ``submit``, never waiting on a timer or a worker."""
+    from batchwire.core.spec import ExecutionSpec
+
+    async def main():
+        spec = make_spec(
+            batching=batching(max_queue_delay_us=300_000),
+            execution=ExecutionSpec(inline_below_us=10_000_000),
+        )
+        model = TestModel(spec)
+        b = await started(model)
+        for i in range(6):  # past the placement's first worker batches: inline from here
+            await b.submit(req(float(i)))
+        await asyncio.gather(*(b.submit(req(float(i))) for i in range(10, 18)))
+        await b.submit(req(100.0))  # may be held: 8 clients were expected back
+        for i in range(20):
+            result = answered_without_waiting(b.submit(req(200.0 + i)))
+            assert result is not None, f"request {i} after the burst was held"
+        assert model.tag_batches[-20:] == [[200.0 + i] for i in range(20)]
         await b.stop()
 
     run(main())
