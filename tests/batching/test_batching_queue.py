@@ -243,6 +243,30 @@ def test_cancelled_submit_is_withdrawn_from_the_queue():
     run(main())
 
 
+def test_a_lone_request_cancelled_before_its_pass_never_runs():
+    """A request alone in flight runs its own scheduling pass after one yield; cancelled
+    during that yield, it is withdrawn and the model never sees it."""
+
+    async def main():
+        obs = RecordingObserver()
+        model = TestModel(make_spec(batching=batching(max_queue_delay_us=2000)))
+        b = await started(model, observer=obs)
+        victim = asyncio.ensure_future(b.submit(req(1.0)))
+        await asyncio.sleep(0)  # the victim runs up to its yield
+        assert b.in_flight == 1 and b.queue_depth == 1
+        victim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        assert b.in_flight == 0 and b.queue_depth == 0
+        assert model.calls == []
+        [(request, error)] = obs.finished
+        assert request.id == "1.0" and isinstance(error, CancelledError)
+        assert (await b.submit(req(2.0))).outputs["OUTPUT0"][0, 0] == 4.0
+        await b.stop()
+
+    run(main())
+
+
 def test_cancelled_while_running_drops_the_result():
     async def main():
         obs = RecordingObserver()
