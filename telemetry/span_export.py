@@ -133,6 +133,26 @@ def shutdown_processor(processor: BatchSpanProcessor, timeout_s: float) -> None:
         worker.join(1.0)
 
 
+class DropCounter:
+    """Counts spans dropped on purpose and logs the first drop, then one line per
+    ``LOG_EVERY`` more (a slow collector must not flood the log as well). Thread-safe:
+    the event loop and a writer thread both drop."""
+
+    LOG_EVERY = 10_000
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, spans: int) -> None:
+        with self._lock:
+            before = self.count
+            self.count = after = before + spans
+        if before == 0 or before // self.LOG_EVERY != after // self.LOG_EVERY:
+            log.warning("tracing: %d span(s) dropped so far (%s)", after, self._what)
+
+
 class SpanSink(Protocol):
     """Receives span records from the event loop."""
 
@@ -225,7 +245,7 @@ class ProcessSink:
         self._flushes = 0
         self._outbox: queue.SimpleQueue[tuple[str, object] | None] = queue.SimpleQueue()
         self._alive = True
-        self.dropped = 0
+        self.dropped = DropCounter("exporter process slow or gone")
         self._outbox.put(("config", (config, epoch_offset_ns)))
         self._writer = threading.Thread(target=self._write, name="span-export-writer", daemon=True)
         self._writer.start()
@@ -257,15 +277,9 @@ class ProcessSink:
         if not batch:
             return
         if not self._alive or self._outbox.qsize() > MAX_PENDING_BATCHES:
-            self._drop(len(batch))
+            self.dropped.add(len(batch))
             return
         self._outbox.put(("spans", batch))
-
-    def _drop(self, count: int) -> None:
-        self.dropped += count
-        # Log the first drop and then every ~10k, not every batch.
-        if self.dropped == count or self.dropped // 10_000 != (self.dropped - count) // 10_000:
-            log.warning("tracing: %d span(s) dropped so far (exporter slow or gone)", self.dropped)
 
     # -- writer thread ---------------------------------------------------------------------
 
@@ -274,7 +288,7 @@ class ProcessSink:
         while (item := self._outbox.get()) is not None:
             if not self._alive:
                 if item[0] == "spans":
-                    self._drop(len(item[1]))  # type: ignore[arg-type]
+                    self.dropped.add(len(item[1]))  # type: ignore[arg-type]
                 continue
             if item[0] == "spans":
                 # Plain tuples pickle 4x faster than NamedTuples (and this thread holds
@@ -347,14 +361,13 @@ class RecordExport:
         self._queue: queue.Queue[list[SpanRecord] | None] = queue.Queue(MAX_PENDING_BATCHES)
         self._thread = threading.Thread(target=self._run, name="record-export", daemon=True)
         self._thread.start()
-        self.dropped = 0
+        self.dropped = DropCounter("collector too slow")
 
     def add(self, records: list[SpanRecord]) -> None:
         try:
             self._queue.put_nowait(records)
         except queue.Full:
-            self.dropped += len(records)
-            log.warning("tracing: collector too slow, %d span(s) dropped so far", self.dropped)
+            self.dropped.add(len(records))
 
     def _run(self) -> None:
         while (records := self._queue.get()) is not None:
