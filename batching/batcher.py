@@ -347,7 +347,12 @@ class ModelBatcher:
                     count = plan.cut
                 elif not self._stopping:
                     hold = self._policy.hold_until(
-                        now, plan.oldest, count, self._in_flight, queue.depth
+                        now,
+                        plan.oldest,
+                        count,
+                        self._in_flight,
+                        queue.depth,
+                        plan.entries[0].request.pipelined,
                     )
                     if hold is not None:
                         break

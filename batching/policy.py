@@ -43,8 +43,10 @@ event-loop thread, updated per arrival and per completed batch:
   the requests about to come back.
 
 4. Alone: ``in_flight == n`` (nothing else of this model is queued or executing) and
-   ``returning == 0``: dispatch now. At concurrency 1 a request never waits: latency is
-   model time plus transport.
+   ``returning == 0``, unless the candidate's oldest request is *pipelined* (its caller
+   sends without waiting for answers, so more of its requests may be on their way
+   unread: a busy stream, see ``batchwire.server.stream_flow``): dispatch now. At
+   concurrency 1 a request never waits: latency is model time plus transport.
 5. Clients coming back: ``returning > 0``: hold until ``oldest + D``. Each arrival
    decrements ``returning``; when the last of them is back rule 4 (or 6) applies and the
    batch is dispatched at once, with everyone who was coming.
@@ -97,12 +99,20 @@ class DispatchPolicy:
         self._last_answer = now
 
     def hold_until(
-        self, now: float, oldest: float, count: int, in_flight: int, queued: int
+        self,
+        now: float,
+        oldest: float,
+        count: int,
+        in_flight: int,
+        queued: int,
+        pipelined: bool = False,
     ) -> float | None:
         """None: dispatch the candidate now; else the time to hold it open until.
 
         ``count``: requests in the candidate; ``queued``: requests queued in all (the
-        candidate's included); ``in_flight``: queued plus executing.
+        candidate's included); ``in_flight``: queued plus executing; ``pipelined``: the
+        candidate's oldest request comes from a caller with requests in flight that the
+        server has not read yet (rule 4 does not apply).
         """
         delay = self._delay
         end = oldest + delay
@@ -119,7 +129,7 @@ class DispatchPolicy:
         if self.returning and now - self._last_answer > delay:
             self.returning = 0
         returning = self.returning
-        if in_flight <= count and not returning:
+        if in_flight <= count and not returning and not pipelined:
             return None
         if returning:
             return end

@@ -45,6 +45,10 @@ class InferenceRequest:
     deadline: float | None = None
     #: Opaque tracing context of the request's span (set by the front end when tracing).
     trace_context: object | None = None
+    #: The caller has shown it sends requests without waiting for answers (a stream
+    #: with several requests in flight), so more may already be on their way: the
+    #: batch window never treats this request as alone (see batching.policy, rule 4).
+    pipelined: bool = False
     timings: RequestTimings = field(default_factory=RequestTimings)
 
     @property

@@ -25,6 +25,7 @@ from batchwire.server.codec import decode_infer_request, encode_infer_response
 from batchwire.server.dataplane import DataPlane
 from batchwire.server.registry import ServedModel
 from batchwire.server.status import GRPC_STATUS
+from batchwire.server.stream_flow import StreamFlow
 from batchwire.telemetry.tracing import ACTIVE_REQUEST
 
 if TYPE_CHECKING:
@@ -135,10 +136,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         msg: pb.ModelInferRequest,
         deadline: float | None,
         span: RequestSpan | None = None,
+        pipelined: bool = False,
     ) -> pb.ModelInferResponse:
         served = self.dataplane.resolve(msg.model_name, msg.model_version)
         try:
             request, datatypes = decode_infer_request(msg, served.spec, deadline)
+            if pipelined:
+                request.pipelined = True
             if span is not None:
                 span.request = request
                 span.version = served.version
@@ -154,12 +158,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return encode_infer_response(served.spec, msg.id, result)
 
     async def _infer_traced(
-        self, msg: pb.ModelInferRequest, deadline: float | None, span: RequestSpan
+        self,
+        msg: pb.ModelInferRequest,
+        deadline: float | None,
+        span: RequestSpan,
+        pipelined: bool = False,
     ) -> pb.ModelInferResponse:
         """:meth:`_infer` inside ``span`` (active for log records), then record its spans."""
         token = ACTIVE_REQUEST.set(span.ids)
         try:
-            response = await self._infer(msg, deadline, span)
+            response = await self._infer(msg, deadline, span, pipelined)
         except BaseException as exc:
             self.tracing.finish(span, exc)
             raise
@@ -200,6 +208,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         in_flight = 0
         reading = True
+        flow = StreamFlow()  # does the caller send without waiting for answers?
 
         def finish(msg: pb.ModelInferRequest, task: asyncio.Task) -> None:
             # The task's one done callback (each callback costs a trip through the loop).
@@ -234,22 +243,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tracing = self.tracing
         parent: object = _UNREAD  # the caller's span context, read once per stream
 
-        def infer(msg: pb.ModelInferRequest):  # type: ignore[no-untyped-def]
+        def infer(msg: pb.ModelInferRequest, pipelined: bool):  # type: ignore[no-untyped-def]
             nonlocal parent
             if tracing.armed:
                 if parent is _UNREAD:
                     parent = tracing.extract(context.invocation_metadata())
                 span = tracing.start(msg.model_name, parent, "ModelStreamInfer")
                 if span is not None:
-                    return self._infer_traced(msg, deadline, span)
-            return self._infer(msg, deadline)
+                    return self._infer_traced(msg, deadline, span, pipelined)
+            return self._infer(msg, deadline, None, pipelined)
 
         async def read() -> None:
             nonlocal in_flight, reading
             try:
                 async for msg in request_iterator:
                     in_flight += 1
-                    task = asyncio.ensure_future(infer(msg))
+                    task = asyncio.ensure_future(infer(msg, flow.read()))
                     tasks.add(task)
                     task.add_done_callback(partial(finish, msg))
             finally:
@@ -260,6 +269,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         reader = asyncio.ensure_future(read())
         try:
             while (response := await done.get()) is not None:
+                flow.sent()
                 yield response
             await reader
         finally:

@@ -273,3 +273,50 @@ def test_a_client_left_alone_after_a_burst_is_not_held_on_every_request():
         await b.stop()
 
     run(main())
+
+
+def test_a_pipelined_request_is_never_alone():
+    """A lone request from a caller that sends without waiting (a busy stream) is held
+    like any other under load (arrival rate, rule 6); from other callers it is not."""
+    p = DispatchPolicy(D, adaptive=True)
+    t = 1.0
+    for _ in range(8):  # arrivals every 0.2 ms
+        p.on_arrival(t)
+        t += 0.0002
+    p.on_arrival(t)
+    assert p.hold_until(t, oldest=t, count=1, in_flight=1, queued=1) is None
+    held = p.hold_until(t, oldest=t, count=1, in_flight=1, queued=1, pipelined=True)
+    assert held is not None and t < held <= t + D
+    # quiet for two gaps: the next request is not coming soon, dispatch
+    later = t + 2 * p.gap + 1e-6
+    assert p.hold_until(later, oldest=t, count=1, in_flight=1, queued=1, pipelined=True) is None
+
+
+def test_pipelined_requests_arriving_one_by_one_share_a_batch():
+    """Batcher level: the head request's pipelined flag reaches the window. A lone
+    request from an ordinary caller runs at once; one from a pipelining caller waits
+    for the next, and both run in one batch."""
+    from batchwire.core.spec import ExecutionSpec
+
+    async def main():
+        spec = make_spec(
+            batching=batching(max_queue_delay_us=200_000),
+            execution=ExecutionSpec(inline_below_us=10_000_000),
+        )
+        model = TestModel(spec)
+        b = await started(model)
+        # One caller, one request at a time: past the placement's first worker batches
+        # (inline from here), and a steady arrival rate for the window to go by.
+        for i in range(20):
+            await b.submit(req(float(i)))
+        assert answered_without_waiting(b.submit(req(1.0))) is not None
+        first = asyncio.ensure_future(b.submit(req(2.0, pipelined=True)))
+        for _ in range(3):
+            await asyncio.sleep(0)  # its own pass ran and held it
+        assert not first.done() and b.queue_depth == 1
+        second = asyncio.ensure_future(b.submit(req(3.0, pipelined=True)))
+        await asyncio.gather(first, second)
+        assert model.tag_batches[-2:] == [[1.0], [2.0, 3.0]]
+        await b.stop()
+
+    run(main())

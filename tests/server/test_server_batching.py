@@ -429,6 +429,31 @@ def test_low_load_has_no_fixed_delay(harness: Harness) -> None:
         assert result["Y"][:, 0].tolist() == data
 
 
+def test_a_stream_that_waits_for_each_answer_has_no_fixed_delay(harness: Harness) -> None:
+    # The same 2 s adaptive window over one stream, one request at a time: the caller
+    # never pipelines, so each request is alone and runs at once.
+    outgoing: queue.Queue = queue.Queue()
+
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        while (item := outgoing.get()) is not None:
+            yield item
+
+    stream = harness.stub.ModelStreamInfer(requests(), timeout=20)
+    try:
+        for i in range(4):
+            data = fresh()
+            start = time.monotonic()
+            outgoing.put(make_request("lowload", data, request_id=f"s{i}"))
+            response = next(stream)
+            elapsed = time.monotonic() - start
+            assert response.error_message == ""
+            assert elapsed < 1.0, f"stream request {i} took {elapsed:.2f} s (held?)"
+            assert decode(response.infer_response)["Y"][:, 0].tolist() == data
+    finally:
+        outgoing.put(None)
+    assert list(stream) == []
+
+
 def test_priority_levels(harness: Harness) -> None:
     model = "priority"  # max_batch_size 1: one request per batch, so SEQ orders them
     with harness.held(model) as gate:
