@@ -231,3 +231,22 @@ def answered_without_waiting(coro):
             break
     coro.close()
     return None
+
+
+async def started_inline(max_queue_delay_us: int, warm: int = 6):
+    """(model, started batcher) whose batches run inline on the event loop.
+
+    ``warm`` requests, one at a time, take the placement past its first worker batches
+    and its probe (inline from then on) and give the window a steady arrival rate.
+    """
+    from batchwire.core.spec import ExecutionSpec
+
+    spec = make_spec(
+        batching=batching(max_queue_delay_us=max_queue_delay_us),
+        execution=ExecutionSpec(inline_below_us=10_000_000),
+    )
+    model = TestModel(spec)
+    batcher = await started(model)
+    for i in range(warm):
+        await batcher.submit(req(-1.0 - i))
+    return model, batcher

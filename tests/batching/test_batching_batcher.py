@@ -22,6 +22,7 @@ from batching_testkit import (
     req,
     run,
     started,
+    started_inline,
     submit_all,
     until,
 )
@@ -499,17 +500,9 @@ def test_a_lone_request_runs_inline_and_is_answered_without_waiting_on_its_futur
     """Alone in flight, on an idle instance that runs batches inline, a request is
     answered inside ``submit`` after one yield to the loop (which lets requests of the
     same loop iteration join its batch): no second trip to wake on its future."""
-    from batchwire.core.spec import ExecutionSpec
 
     async def main():
-        spec = make_spec(
-            batching=batching(max_queue_delay_us=2000),
-            execution=ExecutionSpec(inline_below_us=10_000_000),
-        )
-        model = TestModel(spec)
-        b = await started(model)
-        for i in range(6):  # the first batches go to the worker, then a probe runs inline
-            await b.submit(req(float(i)))
+        model, b = await started_inline(max_queue_delay_us=2000)
         result = answered_without_waiting(b.submit(req(42.0)))
         assert result is not None, "the lone request waited on its future"
         np.testing.assert_array_equal(result.outputs["OUTPUT0"], np.full((1, 4), 84.0))

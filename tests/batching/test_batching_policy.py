@@ -16,6 +16,7 @@ from batching_testkit import (
     req,
     run,
     started,
+    started_inline,
     submit_all,
     until,
 )
@@ -253,17 +254,9 @@ def test_a_client_left_alone_after_a_burst_is_not_held_on_every_request():
     """Batcher level: after 8 concurrent clients, one keeps sending one request at a
     time. At most its first request waits (for the others to come back); every later
     one is answered inside ``submit``, never waiting on a timer or a worker."""
-    from batchwire.core.spec import ExecutionSpec
 
     async def main():
-        spec = make_spec(
-            batching=batching(max_queue_delay_us=300_000),
-            execution=ExecutionSpec(inline_below_us=10_000_000),
-        )
-        model = TestModel(spec)
-        b = await started(model)
-        for i in range(6):  # past the placement's first worker batches: inline from here
-            await b.submit(req(float(i)))
+        model, b = await started_inline(max_queue_delay_us=300_000)
         await asyncio.gather(*(b.submit(req(float(i))) for i in range(10, 18)))
         await b.submit(req(100.0))  # may be held: 8 clients were expected back
         for i in range(20):
@@ -296,19 +289,10 @@ def test_pipelined_requests_arriving_one_by_one_share_a_batch():
     """Batcher level: the head request's pipelined flag reaches the window. A lone
     request from an ordinary caller runs at once; one from a pipelining caller waits
     for the next, and both run in one batch."""
-    from batchwire.core.spec import ExecutionSpec
 
     async def main():
-        spec = make_spec(
-            batching=batching(max_queue_delay_us=200_000),
-            execution=ExecutionSpec(inline_below_us=10_000_000),
-        )
-        model = TestModel(spec)
-        b = await started(model)
-        # One caller, one request at a time: past the placement's first worker batches
-        # (inline from here), and a steady arrival rate for the window to go by.
-        for i in range(20):
-            await b.submit(req(float(i)))
+        # 20 requests one at a time: a steady arrival rate for the window to go by.
+        model, b = await started_inline(max_queue_delay_us=200_000, warm=20)
         assert answered_without_waiting(b.submit(req(1.0))) is not None
         first = asyncio.ensure_future(b.submit(req(2.0, pipelined=True)))
         for _ in range(3):
