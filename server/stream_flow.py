@@ -7,7 +7,7 @@ requests in flight on the stream), so more of its requests may already be on the
 way. The batch window must know: on a busy stream each request would otherwise be
 computed before the next one is even read, and every batch would hold one request
 (measured here: mean batch 1.0 and 2.7-3.5k requests/s on one stream with 32 in
-flight; 8.6-11 and 3.9-5.9k/s once such requests are held for the next arrivals).
+flight; 7-11 and 3.1-5.9k/s once such requests are held for the next arrivals).
 
 Loop thread only (the stream's reader and writer run on the event loop).
 """
