@@ -130,7 +130,7 @@ class OtlpRecordEncoder:
             span.parent_span_id = r.parent_span_id.to_bytes(8, "big")
         span.flags = _REMOTE_PARENT if r.parent_span_id and r.parent_remote else _LOCAL_PARENT
         offset = self._offset
-        for event, at in zip(span.events, _request_event_times(r), strict=True):
+        for event, (_, at) in zip(span.events, _request_events(r), strict=True):
             event.time_unix_nano = at + offset
 
     def _from_template(self, span: Span, key: tuple, build, r) -> None:  # type: ignore[no-untyped-def]
@@ -187,7 +187,7 @@ class OtlpRecordEncoder:
             span.status.code = _ERROR
             span.status.message = r.error_message
         events = span.events
-        for name, at in zip(_request_event_names(r), _request_event_times(r), strict=True):
+        for name, at in _request_events(r):
             events.add(name=name, time_unix_nano=at + offset)
 
     def _batch_span(self, span: Span, r: BatchSpanRecord) -> None:
@@ -263,31 +263,23 @@ _VARYING_FIELDS = (
 _MAX_TEMPLATES = 4096
 
 
-def _request_event_names(r: RequestSpanRecord) -> tuple[str, ...]:
-    """The request span's events (phases that happened), in order; times: below."""
-    names: tuple[str, ...] = ()
+def _request_events(r: RequestSpanRecord) -> tuple[tuple[str, int], ...]:
+    """The request span's events (phases that happened) as (name, perf_counter time)."""
+    events: tuple[tuple[str, int], ...] = ()
     if r.received_ns:
         if r.batch_size:
-            names = ("queue_start", "compute_start", "compute_input_end")
-            names += ("compute_output_start", "compute_end")
+            events = (
+                ("queue_start", r.received_ns),
+                ("compute_start", r.queued_ns),
+                ("compute_input_end", r.input_end_ns),
+                ("compute_output_start", r.infer_end_ns),
+                ("compute_end", r.output_end_ns),
+            )
         else:  # failed before its batch ran (queue timeout, shutdown...)
-            names = ("queue_start", "queue_end")
+            events = (("queue_start", r.received_ns), ("queue_end", r.queued_ns))
     if r.send_ns:
-        names += ("response_send",)
-    return names
-
-
-def _request_event_times(r: RequestSpanRecord) -> tuple[int, ...]:
-    """The perf_counter times of :func:`_request_event_names`' events."""
-    times: tuple[int, ...] = ()
-    if r.received_ns:
-        if r.batch_size:
-            times = (r.received_ns, r.queued_ns, r.input_end_ns, r.infer_end_ns, r.output_end_ns)
-        else:
-            times = (r.received_ns, r.queued_ns)
-    if r.send_ns:
-        times += (r.send_ns,)
-    return times
+        events += (("response_send", r.send_ns),)
+    return events
 
 
 def record_exporter(
