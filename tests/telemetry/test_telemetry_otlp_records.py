@@ -145,7 +145,7 @@ def test_the_encoded_request_round_trips_through_protobuf() -> None:
 
 
 def test_spans_of_one_shape_share_nothing_but_their_shape() -> None:
-    """Spans of a repeated shape are built from a cached template: ids, parents and
+    """Spans of a repeated shape are copies of a cached layout: ids, parents and
     times must still be each record's own, exactly as the SDK encodes them."""
     records: list[RequestSpanRecord | BatchSpanRecord] = []
     for i in range(1, 5):
@@ -175,7 +175,7 @@ def test_spans_of_one_shape_share_nothing_but_their_shape() -> None:
     builder = span_builder("batchwire-test", OFFSET)
     sdk = normalized(encode_spans(list(builder.build(records))))
     encoder = OtlpRecordEncoder(builder.resource, builder.scope, OFFSET)
-    for _ in range(2):  # the second pass reuses every template
+    for _ in range(2):  # the second pass reuses every layout
         ours = normalized(encoder.encode(records))
         assert ours == sdk
     spans = ours["spans"]
@@ -183,3 +183,32 @@ def test_spans_of_one_shape_share_nothing_but_their_shape() -> None:
     assert [len(span["links"]) for span in spans[1::2]] == [1, 1, 1, 1]
     assert spans[2]["times"] == (OFFSET + 20, OFFSET + 29)
     assert spans[2]["events"][-1] == ("response_send", OFFSET + 26, {})
+
+
+def test_batch_spans_of_one_batch_shape_keep_each_its_own_links() -> None:
+    """Batches of one shape may link different numbers of traced requests (ratio
+    sampling traces some of a batch's requests): each span keeps exactly its links."""
+    records = [
+        BatchSpanRecord(
+            9, 500 + count, "mlp", "1", 4, 4, 4, "cpu", 0, 10, 11, 12, 13,
+            tuple((600 + count * 10 + i, 700 + count * 10 + i) for i in range(count)), "", "",
+        )
+        for count in (1, 3, 0, 3, 1)
+    ]  # fmt: skip
+    builder = span_builder("batchwire-test", OFFSET)
+    sdk = normalized(encode_spans(list(builder.build(records))))
+    encoder = OtlpRecordEncoder(builder.resource, builder.scope, OFFSET)
+    for _ in range(2):
+        assert normalized(encoder.encode(records)) == sdk
+    links = [span["links"] for span in sdk["spans"]]
+    assert [len(span_links) for span_links in links] == [1, 3, 0, 3, 1]
+    assert links[3][2][:2] == ((632).to_bytes(16, "big"), (732).to_bytes(8, "big"))
+
+
+def test_an_empty_export_is_a_valid_request() -> None:
+    builder = span_builder("batchwire-test", OFFSET)
+    encoded = OtlpRecordEncoder(builder.resource, builder.scope, OFFSET).encode([])
+    (resource_spans,) = encoded.resource_spans
+    (scope_spans,) = resource_spans.scope_spans
+    assert len(scope_spans.spans) == 0
+    assert scope_spans.scope.name == "batchwire"
