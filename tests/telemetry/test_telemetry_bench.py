@@ -13,16 +13,18 @@ def test_tracing_overhead_benchmark_writes_json_and_png(
 ) -> None:
     report = run(
         tmp_path,
-        seconds=0.4,
-        warmup=0.2,
-        rounds=1,
+        seconds=0.3,
+        warmup=0.1,
+        rounds=2,
         concurrency=8,
         in_process=True,
         repository=examples_repository,
     )
     saved = json.loads((tmp_path / "tracing_overhead.json").read_text())
     assert saved["ratio"] == report["ratio"] and saved["target"] == TARGET
-    assert [w["mode"] for w in saved["windows"]] == ["untraced", "traced"]
+    assert [w["mode"] for w in saved["windows"]] == ["untraced", "traced"] * 2
+    q1, median, q3 = saved["round_ratio_quartiles"]
+    assert q1 <= median <= q3 and abs(median - saved["round_ratio"]) <= 0.001
     assert all(w["requests"] > 0 and w["errors"] == 0 for w in saved["windows"])
     assert saved["untraced_rps"] > 0 and saved["traced_rps"] > 0
     png = (tmp_path / "tracing_overhead.png").read_bytes()
