@@ -2,7 +2,7 @@
 
 ``python -m batchwire.bench.tracing_overhead [--out results/tracing] [--seconds 1]
 [--rounds 12] [--concurrency 32] [--model mlp] [--exporter none|otlp-grpc]
-[--traceparent] [--in-process]``
+[--traceparent] [--rate N] [--in-process]``
 
 One ``batchwire serve`` subprocess on an example model, started with
 ``--trace-mode always``. Between measurement windows the benchmark switches
@@ -15,7 +15,9 @@ batch. With exporter ``none`` (the default) the server records spans and drops
 them (the cost of sampling and recording on the event loop); with
 ``--exporter otlp-grpc`` they go over OTLP/gRPC to a receiver in its own process,
 and the server's exporter process (building and encoding spans) counts in the
-server's CPU. With ``--traceparent`` every request carries a sampled W3C
+server's CPU. ``--rate N`` traces one request in N instead (Triton's ``trace_rate``,
+set with the same RPC): what sampling costs at the rates SREs usually keep. With
+``--traceparent`` every request carries a sampled W3C
 traceparent (the parent-based path, context extraction included). The load
 generator is a closed loop of ``--concurrency`` asyncio gRPC calls with a
 pre-encoded request.
@@ -189,13 +191,15 @@ class _ReceiverProcess:
             return None
 
 
-def _set_tracing(address: str, on: bool) -> None:
+def _set_tracing(address: str, on: bool, rate: int = 1) -> None:
     with grpc.insecure_channel(address) as channel:
         request = pb.TraceSettingRequest()
         request.settings["trace_level"].value.append("TIMESTAMPS" if on else "OFF")
+        request.settings["trace_rate"].value.append(str(rate))
         response = pb_grpc.GRPCInferenceServiceStub(channel).TraceSetting(request, timeout=10)
     level = list(response.settings["trace_level"].value)
     assert level == (["TIMESTAMPS"] if on else ["OFF"]), level
+    assert list(response.settings["trace_rate"].value) == [str(rate)], response.settings
 
 
 @contextlib.contextmanager
@@ -237,6 +241,7 @@ def run(
     model: str = "mlp",
     exporter: str = "none",
     traceparent: bool = False,
+    rate: int = 1,
     in_process: bool = False,
     repository: Path | None = None,
 ) -> dict:
@@ -248,6 +253,8 @@ def run(
     """
     from batchwire.examples.export import export_examples
 
+    if rate < 1:
+        raise ValueError(f"rate must be >= 1 (one request in N traced), got {rate}")
     out.mkdir(parents=True, exist_ok=True)
     receiver = _ReceiverProcess() if exporter == "otlp-grpc" else None
     metadata = (("traceparent", TRACEPARENT),) if traceparent else None
@@ -263,7 +270,7 @@ def run(
             with _server(repo, out, exporter, endpoint, in_process) as (address, pid):
                 for index in range(rounds):
                     for mode in ("untraced", "traced"):
-                        _set_tracing(address, mode == "traced")
+                        _set_tracing(address, mode == "traced", rate)
                         result = _run_window(
                             pid, address, model, concurrency, warmup, seconds, metadata
                         )
@@ -306,6 +313,8 @@ def run(
         "rounds": rounds,
         "exporter": exporter,
         "traceparent": traceparent,
+        #: One request in ``trace_rate`` traced (1: every request).
+        "trace_rate": rate,
         "in_process": in_process,
         "untraced_rps": round(untraced, 1),
         "traced_rps": round(traced, 1),
@@ -377,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=("mlp", "null", "cnn", "text"), default="mlp")
     parser.add_argument("--exporter", choices=("none", "otlp-grpc"), default="none")
     parser.add_argument("--traceparent", action="store_true", help="send a sampled traceparent")
+    parser.add_argument("--rate", type=int, default=1, help="trace one request in N (default 1)")
     parser.add_argument(
         "--in-process", action="store_true", help="server in this process (quick smoke run)"
     )
@@ -390,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         model=ns.model,
         exporter=ns.exporter,
         traceparent=ns.traceparent,
+        rate=ns.rate,
         in_process=ns.in_process,
     )
     verdict = "met" if report["met"] else "MISSED"

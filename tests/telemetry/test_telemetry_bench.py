@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from batchwire.bench.tracing_overhead import TARGET, run
 
 
@@ -17,11 +19,13 @@ def test_tracing_overhead_benchmark_writes_json_and_png(
         warmup=0.1,
         rounds=2,
         concurrency=8,
+        rate=2,
         in_process=True,
         repository=examples_repository,
     )
     saved = json.loads((tmp_path / "tracing_overhead.json").read_text())
     assert saved["ratio"] == report["ratio"] and saved["target"] == TARGET
+    assert saved["trace_rate"] == 2
     assert [w["mode"] for w in saved["windows"]] == ["untraced", "traced"] * 2
     q1, median, q3 = saved["round_ratio_quartiles"]
     assert q1 <= median <= q3 and abs(median - saved["round_ratio"]) <= 0.001
@@ -29,3 +33,8 @@ def test_tracing_overhead_benchmark_writes_json_and_png(
     assert saved["untraced_rps"] > 0 and saved["traced_rps"] > 0
     png = (tmp_path / "tracing_overhead.png").read_bytes()
     assert png.startswith(b"\x89PNG")
+
+
+def test_tracing_overhead_benchmark_refuses_a_rate_below_one(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="rate must be >= 1"):
+        run(tmp_path, rate=0, in_process=True)
