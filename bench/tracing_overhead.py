@@ -29,8 +29,9 @@ its child processes: ``cpu_ratio`` = untraced / traced CPU per request), ``ratio
 per-round ratios (each traced window over the untraced one just before it;
 sturdier on a noisy machine) with their quartiles in ``round_ratio_quartiles``
 (the spread between rounds says how far one run can be trusted: on the 2-vCPU
-development VM a window's throughput swings by 2x from one second to the next, so
-many short rounds beat a few long ones). Target >= 0.85, reported, never asserted.
+development VM a window's throughput swings by up to 2x from one second to the
+next, and one run's quartiles often span 0.15-0.25). Target >= 0.85, reported,
+never asserted.
 """
 
 from __future__ import annotations
