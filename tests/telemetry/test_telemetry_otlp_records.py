@@ -212,3 +212,28 @@ def test_an_empty_export_is_a_valid_request() -> None:
     (scope_spans,) = resource_spans.scope_spans
     assert len(scope_spans.spans) == 0
     assert scope_spans.scope.name == "batchwire"
+
+
+def test_request_ids_of_any_size_are_each_spans_own() -> None:
+    """Streams tag every request with an id: spans whose ids share a size in bytes share
+    a layout, and each still carries its own id (non-ASCII ids count their bytes)."""
+    ids = ["0", "1", "17", "42", "req-0007", "req-0008", "é", "ab", "0"]
+    records = [
+        request(
+            trace_id=5000 + i,
+            span_id=6000 + i,
+            parent_span_id=0,
+            parent_remote=False,
+            request_id=request_id,
+            method="ModelStreamInfer",
+            start_ns=10 * i,
+            end_ns=10 * i + 9,
+        )
+        for i, request_id in enumerate(ids)
+    ]
+    builder = span_builder("batchwire-test", OFFSET)
+    sdk = normalized(encode_spans(list(builder.build(records))))
+    encoder = OtlpRecordEncoder(builder.resource, builder.scope, OFFSET)
+    for _ in range(2):
+        assert normalized(encoder.encode(records)) == sdk
+    assert [span["attributes"]["batchwire.request.id"] for span in sdk["spans"]] == ids
