@@ -62,6 +62,48 @@ def test_spans_reach_an_otlp_grpc_receiver_with_the_callers_trace_id(
     assert receiver.services == {"batchwire-e2e"}
 
 
+def test_stream_spans_reach_the_receiver_each_with_its_request_id(
+    examples_repository,
+) -> None:
+    """A stream tags each request with an id: every span of the stream carries its own,
+    over the exporter process's layout encoding (ids of several sizes, repeated)."""
+    count = 12  # ids "0".."11": two sizes, each several times
+    with OtlpReceiver() as receiver:
+        server = start_server(
+            examples_repository,
+            trace_mode="ratio",
+            trace_rate=0.0,
+            trace_exporter="otlp-grpc",
+            trace_endpoint=f"127.0.0.1:{receiver.port}",
+        )
+        try:
+            x = np.ones((1, 64), np.float32)
+            with InferenceClient(server.address) as client:
+                results = list(
+                    client.stream_infer(
+                        "mlp",
+                        ({"INPUT__0": x} for _ in range(count)),
+                        headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+                    )
+                )
+            assert sorted(int(result.id) for result in results) == list(range(count))
+            server.server.telemetry.tracing.flush()
+            spans = receiver.wait_for(
+                lambda spans: sum(s.name == "ModelStreamInfer" for s in spans) >= count,
+                timeout=15,
+            )
+        finally:
+            server.stop()
+    streamed = [s for s in spans if s.name == "ModelStreamInfer"]
+    ids = sorted(
+        int(a.value.string_value) for s in streamed for a in s.attributes
+        if a.key == "batchwire.request.id"
+    )  # fmt: skip
+    assert ids == list(range(count))
+    assert len({s.span_id for s in streamed}) == count
+    assert all(s.trace_id.hex() == TRACE_ID for s in streamed)
+
+
 class _OtlpHttpHandler(BaseHTTPRequestHandler):
     received: list[trace_service_pb2.ExportTraceServiceRequest]
 
