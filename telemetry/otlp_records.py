@@ -9,7 +9,7 @@ records directly with opentelemetry-proto's messages.
 Spans of a shape seen before (same method, model, version, status, batch size,
 parent kind, phases, and the size of the request id in bytes) are not built as
 messages at all. The first span of a shape is built field by field and serialized
-once by protobuf, with marker values in its ids and times; that is the shape's
+once by protobuf, which also shows where its ids and times lie; that is the shape's
 :class:`_Layout`. Ids and times have a fixed size on the wire (``bytes`` of 16 or 8,
 ``fixed64``), as do the bytes of a request id of a given size, so every span of the shape
 serializes to the same bytes at the same offsets but for those fields: a span is a
@@ -29,7 +29,6 @@ against the SDK's (``tests/telemetry/test_telemetry_otlp_records.py``).
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -41,6 +40,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, SpanFlags, 
 from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord
 
 if TYPE_CHECKING:
+    from google.protobuf.message import Message
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -280,10 +280,11 @@ def _built(build: Callable[[Span, _Record], None], record: _Record) -> Span:
 class _Layout:
     """A span shape serialized once, and where each span of the shape differs from it.
 
-    Ids are ``bytes`` fields of 16 or 8 bytes and times ``fixed64``: their values never
-    change the size or the place of anything around them, so the spans of one shape
-    serialize to the same bytes but for those fields. Their offsets are found by
-    serializing the span with marker values there (random, checked to occur once).
+    Ids are ``bytes`` fields of 16 or 8 bytes, times ``fixed64``, and a request id of a
+    given size keeps that size: their values never change the size or the place of
+    anything around them, so the spans of one shape serialize to the same bytes but for
+    those fields. Each field's offset is where two serializations differ whose values
+    for it are fillers differing in every byte (:func:`_place`).
     ``ids`` and ``times`` name the record fields (indexes) that fill them, in the order
     the span holds them: trace id, span id, parent span id if any; start, end, then each
     event's time. ``links``: the record field holding (trace id, span id) per link.
@@ -301,33 +302,42 @@ class _Layout:
         links: int | None,
         strings: tuple[tuple[str, int], ...],
     ) -> None:
-        for _ in range(8):
-            id_markers, time_markers, link_markers = _mark(span)
-            data = _entry(span)
-            markers = (*id_markers, *time_markers, *(m for pair in link_markers for m in pair))
-            if all(data.count(marker) == 1 for marker in markers):
-                break
-        else:  # pragma: no cover - eight draws of random markers all found twice
-            raise RuntimeError("could not lay out a span: its markers are not unique")
-        if len(id_markers) != len(ids) or len(time_markers) != len(times):
+        id_fields = [(span, "trace_id"), (span, "span_id")]
+        if span.parent_span_id:
+            id_fields.append((span, "parent_span_id"))
+        time_fields = [(span, "start_time_unix_nano"), (span, "end_time_unix_nano")]
+        time_fields += [(event, "time_unix_nano") for event in span.events]
+        if len(id_fields) != len(ids) or len(time_fields) != len(times):
             raise ValueError(
-                f"span layout: expected {len(id_markers)} id and {len(time_markers)} time "
+                f"span layout: expected {len(id_fields)} id and {len(time_fields)} time "
                 f"fields, got {len(ids)} and {len(times)}"
             )
-        #: The span as a ScopeSpans ``spans`` entry (tag, length, span).
-        self.data = data
         self.ids = tuple(
-            (data.index(m), len(m), index) for m, index in zip(id_markers, ids, strict=True)
+            (*_place(span, message, field), index)
+            for (message, field), index in zip(id_fields, ids, strict=True)
         )
         self.times = tuple(
-            (data.index(m), index) for m, index in zip(time_markers, times, strict=True)
+            (_place(span, message, field)[0], index)
+            for (message, field), index in zip(time_fields, times, strict=True)
         )
         self.links = (
             None
             if links is None
-            else (links, tuple((data.index(t), data.index(s)) for t, s in link_markers))
+            else (
+                links,
+                tuple(
+                    (_place(span, link, "trace_id")[0], _place(span, link, "span_id")[0])
+                    for link in span.links
+                ),
+            )
         )
-        self.strings = tuple((*_string_place(span, key), index) for key, index in strings)
+        self.strings = tuple(
+            (*_place(span, _attribute(span, key).value, "string_value"), index)
+            for key, index in strings
+        )
+        #: The span as a ScopeSpans ``spans`` entry (tag, length, span); the placed
+        #: fields hold fillers, which :meth:`fill` overwrites.
+        self.data = _entry(span)
 
     def fill(self, record: _Record, offset: int) -> bytearray:
         """``record``'s span; ``offset`` turns its perf_counter times into Unix ns."""
@@ -347,47 +357,37 @@ class _Layout:
         return data
 
 
-def _string_place(span: Span, key: str) -> tuple[int, int]:
-    """(offset, size in bytes) of the value of string attribute ``key`` in ``_entry(span)``:
-    where two serializations differ whose values are fillers of that size differing in
-    every byte. Called after the markers are placed; it changes no other field."""
-    (attribute,) = (a for a in span.attributes if a.key == key)
-    size = len(attribute.value.string_value.encode())
-    attribute.value.string_value = "\x01" * size
-    first = _entry(span)
-    attribute.value.string_value = "\x02" * size
-    second = _entry(span)
+def _place(span: Span, message: Message, field: str) -> tuple[int, int]:
+    """(offset, size in bytes) of ``message.field``'s value in ``_entry(span)``.
+
+    The field (a ``bytes`` id, a ``fixed64`` time or a string, present and of a size its
+    values keep) is set to two fillers of its size that differ in every byte; the two
+    serializations differ exactly there. The field keeps the second filler.
+    """
+    value = getattr(message, field)
+    if isinstance(value, int):
+        size = 8
+        fillers: tuple[object, ...] = tuple(
+            int.from_bytes(bytes([byte]) * 8, "little") for byte in (1, 2)
+        )
+    elif isinstance(value, str):
+        size = len(value.encode())
+        fillers = (chr(1) * size, chr(2) * size)
+    else:
+        size = len(value)
+        fillers = (b"\x01" * size, b"\x02" * size)
+    serialized = []
+    for filler in fillers:
+        setattr(message, field, filler)
+        serialized.append(_entry(span))
+    first, second = serialized
     at = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
     return at, size
 
 
-def _mark(span: Span) -> tuple[list[bytes], list[bytes], list[tuple[bytes, bytes]]]:
-    """Put random markers in ``span``'s ids, times and link ids; return them in order."""
-    ids: list[bytes] = []
-    times: list[bytes] = []
-
-    def new_id(size: int) -> bytes:
-        ids.append(marker := os.urandom(size))
-        return marker
-
-    def new_time() -> int:
-        times.append(marker := os.urandom(8))
-        return _FIXED64.unpack(marker)[0]
-
-    span.trace_id = new_id(16)
-    span.span_id = new_id(8)
-    if span.parent_span_id:
-        span.parent_span_id = new_id(8)
-    span.start_time_unix_nano = new_time()
-    span.end_time_unix_nano = new_time()
-    for event in span.events:
-        event.time_unix_nano = new_time()
-    links = []
-    for link in span.links:
-        link.trace_id = trace_marker = os.urandom(16)
-        link.span_id = span_marker = os.urandom(8)
-        links.append((trace_marker, span_marker))
-    return ids, times, links
+def _attribute(span: Span, key: str) -> KeyValue:
+    (attribute,) = (a for a in span.attributes if a.key == key)
+    return attribute
 
 
 #: Record fields (indexes) a layout fills in.
