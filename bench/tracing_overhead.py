@@ -5,33 +5,36 @@
 [--traceparent] [--rate N] [--in-process]``
 
 One ``batchwire serve`` subprocess on an example model, started with
-``--trace-mode always``. Between measurement windows the benchmark switches
-tracing off and on again through the TraceSetting RPC (global ``trace_level``
-OFF / TIMESTAMPS), so both modes run on the same process, the same warm model
-and the same connections, in alternating windows (untraced, traced, untraced,
-traced...): drift on a shared machine hits both alike. Traced means every
-request: a server span with its phases as events, plus one ``batch`` span per
-batch. With exporter ``none`` (the default) the server records spans and drops
-them (the cost of sampling and recording on the event loop); with
-``--exporter otlp-grpc`` they go over OTLP/gRPC to a receiver in its own process,
-and the server's exporter process (building and encoding spans) counts in the
-server's CPU. ``--rate N`` traces one request in N instead (Triton's ``trace_rate``,
-set with the same RPC): what sampling costs at the rates SREs usually keep. With
-``--traceparent`` every request carries a sampled W3C
-traceparent (the parent-based path, context extraction included). The load
-generator is a closed loop of ``--concurrency`` asyncio gRPC calls with a
-pre-encoded request.
+``--trace-mode always``, under one closed loop of ``--concurrency`` asyncio gRPC
+calls (a pre-encoded request) that runs without a break from start to end. The
+benchmark switches tracing off and on through the TraceSetting RPC (global
+``trace_level`` OFF / TIMESTAMPS), waits ``--warmup`` seconds, and counts the calls
+that finish in the next ``--seconds``: untraced, traced, untraced, traced... So both
+modes run on the same process, the same warm model, the same connection and the same
+load, in alternating windows, and drift on a shared machine hits both alike; no
+window pays for a new connection or a ramp-up of its own. Traced means every
+request: a server span with its phases as events, plus one ``batch`` span per batch.
+With exporter ``none`` (the default) the server records spans and drops them (the
+cost of sampling and recording on the event loop); with ``--exporter otlp-grpc``
+they go over OTLP/gRPC to a receiver in its own process, and the server's exporter
+process (building and encoding spans) counts in the server's CPU; the warmup after
+each switch (0.3 s by default) is longer than the exporter's batch delay, so a
+traced window's export does not land in the untraced window after it. ``--rate N``
+traces one request in N instead (Triton's ``trace_rate``, set with the same RPC):
+what sampling costs at the rates SREs usually keep. With ``--traceparent`` every
+request carries a sampled W3C traceparent (the parent-based path, context extraction
+included).
 
 Writes ``tracing_overhead.json`` and ``tracing_overhead.png`` into ``--out``:
-every window's throughput (and, on Linux, the CPU per request of the server and
-its child processes: ``cpu_ratio`` = untraced / traced CPU per request), ``ratio``
-= mean traced / mean untraced throughput and ``round_ratio`` = the median of the
+every window's throughput, latency and mean batch (items per model execution,
+from ModelStatistics), on Linux the CPU per request of the server and its child
+processes (``cpu_ratio`` = untraced / traced CPU per request); ``ratio`` = mean
+traced / mean untraced throughput and ``round_ratio`` = the median of the
 per-round ratios (each traced window over the untraced one just before it;
 sturdier on a noisy machine) with their quartiles in ``round_ratio_quartiles``
 (the spread between rounds says how far one run can be trusted: on the 2-vCPU
-development VM a window's throughput swings by up to 2x from one second to the
-next, and one run's quartiles often span 0.15-0.25). Target >= 0.85, reported,
-never asserted.
+development VM a window's throughput swings by up to 2x within a minute).
+Target >= 0.85, reported, never asserted.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -71,47 +75,133 @@ def _request(model: str) -> pb.ModelInferRequest:
     return request
 
 
-async def _window(
+class _Load:
+    """A closed loop of ``concurrency`` calls that runs for the whole benchmark.
+
+    The load never stops between windows: restarting it per window (a new channel,
+    a ramp-up) made consecutive windows differ more than tracing did. Each finished
+    call appends (finish time, latency, ok) to ``done``; a window is a slice of it.
+    """
+
+    def __init__(self, infer: object, request: pb.ModelInferRequest, metadata: tuple | None):
+        self._infer = infer
+        self._request = request
+        self._metadata = metadata
+        self._stop = False
+        self.done: list[tuple[float, float, bool]] = []
+
+    async def _worker(self) -> None:
+        infer, request, metadata, done = self._infer, self._request, self._metadata, self.done
+        while not self._stop:
+            began = time.perf_counter()
+            try:
+                await infer(request, metadata=metadata)  # type: ignore[operator]
+                ok = True
+            except grpc.aio.AioRpcError:
+                ok = False
+            now = time.perf_counter()
+            done.append((now, now - began, ok))
+
+    def start(self, concurrency: int) -> list[asyncio.Task]:
+        return [asyncio.create_task(self._worker()) for _ in range(concurrency)]
+
+    async def stop(self, tasks: list[asyncio.Task]) -> None:
+        self._stop = True
+        await asyncio.gather(*tasks)
+
+    def window(self, first: int, since: float, until: float) -> dict:
+        """Calls finished in [since, until), looking at ``done[first:]``."""
+        latencies = []
+        errors = 0
+        for finished, latency, ok in itertools.islice(self.done, first, None):
+            if since <= finished < until:
+                if ok:
+                    latencies.append(latency)
+                else:
+                    errors += 1
+        elapsed = until - since
+        return {
+            "requests": len(latencies),
+            "seconds": round(elapsed, 3),
+            "throughput": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
+            "errors": errors,
+            "p50_ms": _percentile_ms(latencies, 50),
+            "p99_ms": _percentile_ms(latencies, 99),
+        }
+
+
+def _percentile_ms(latencies: list[float], q: float) -> float | None:
+    return round(float(np.percentile(latencies, q)) * 1e3, 3) if latencies else None
+
+
+async def _drive(
     address: str,
+    pid: int | None,
+    *,
     model: str,
     concurrency: int,
     warmup: float,
     seconds: float,
+    rounds: int,
+    rate: int,
     metadata: tuple | None,
-) -> dict:
+) -> list[dict]:
+    """Alternate untraced and traced windows under one uninterrupted load.
+
+    Each window: switch tracing (TraceSetting), let ``warmup`` pass so that calls
+    started under the other mode finish and the exporter process sends the last
+    traced window's spans (it sends within ``BATCH_DELAY_S``, 0.2 s: their export cost
+    must not land in an untraced window), then measure ``seconds``.
+    """
     request = _request(model)
-    async with grpc.aio.insecure_channel(address) as channel:
-        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
-        latencies: list[float] = []
-        errors = 0
-        sent = 0
-        start = time.perf_counter()
-        measure_from = start + warmup
-        stop_at = measure_from + seconds
+    windows: list[dict] = []
+    async with (
+        grpc.aio.insecure_channel(address) as channel,
+        grpc.aio.insecure_channel(address) as control,
+    ):
+        load = _Load(pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request, metadata)
+        stub = pb_grpc.GRPCInferenceServiceStub(control)
+        tasks = load.start(concurrency)
+        try:
+            await asyncio.sleep(warmup)
+            for index in range(rounds):
+                for mode in ("untraced", "traced"):
+                    await stub.TraceSetting(_trace_setting(mode == "traced", rate), timeout=10)
+                    await asyncio.sleep(warmup)
+                    first = len(load.done)
+                    counts = await _counts(stub, model)
+                    cpu = _cpu_seconds(pid) if pid is not None else None
+                    since = time.perf_counter()
+                    await asyncio.sleep(seconds)
+                    until = time.perf_counter()
+                    cpu_after = _cpu_seconds(pid) if pid is not None else None
+                    counts_after = await _counts(stub, model)
+                    result = load.window(first, since, until)
+                    executions = counts_after[1] - counts[1]
+                    if executions:
+                        result["mean_batch"] = round((counts_after[0] - counts[0]) / executions, 2)
+                    if cpu is not None and cpu_after is not None and result["requests"]:
+                        result["server_cpu_us_per_request"] = round(
+                            (cpu_after - cpu) / result["requests"] * 1e6, 1
+                        )
+                    windows.append({"round": index, "mode": mode, **result})
+        finally:
+            await load.stop(tasks)
+    return windows
 
-        async def worker() -> None:
-            nonlocal errors, sent
-            while (now := time.perf_counter()) < stop_at:
-                try:
-                    await infer(request, metadata=metadata)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    continue
-                sent += 1
-                if now >= measure_from:
-                    latencies.append(time.perf_counter() - now)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - measure_from
-    return {
-        "requests": len(latencies),
-        "seconds": round(elapsed, 3),
-        "throughput": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
-        "errors": errors,
-        "sent": sent,
-        "p50_ms": round(float(np.percentile(latencies, 50)) * 1e3, 3) if latencies else None,
-        "p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 3) if latencies else None,
-    }
+def _trace_setting(on: bool, rate: int) -> pb.TraceSettingRequest:
+    request = pb.TraceSettingRequest()
+    request.settings["trace_level"].value.append("TIMESTAMPS" if on else "OFF")
+    request.settings["trace_rate"].value.append(str(rate))
+    return request
+
+
+async def _counts(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) of ``model``: items and batches so far."""
+    response = await stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=10)
+    stats = response.model_stats[0]
+    return stats.inference_count, stats.execution_count
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -132,22 +222,14 @@ def _cpu_seconds(pid: int) -> float | None:
     return total
 
 
-def _run_window(pid: int | None, *args: object) -> dict:
+def _run_driver(address: str, pid: int | None, **kwargs: object) -> list[dict]:
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    cpu_before = _cpu_seconds(pid) if pid is not None else None
-    result = runner(_window(*args))  # type: ignore[arg-type]
-    cpu_after = _cpu_seconds(pid) if pid is not None else None
-    if cpu_before is not None and cpu_after is not None and result["sent"]:
-        # Server CPU per answered request over the whole window (warmup included).
-        result["server_cpu_us_per_request"] = round(
-            (cpu_after - cpu_before) / result["sent"] * 1e6, 1
-        )
-    return result
+    return runner(_drive(address, pid, **kwargs))  # type: ignore[arg-type]
 
 
 class _ReceiverProcess:
@@ -190,17 +272,6 @@ class _ReceiverProcess:
             return int(json.loads(out.strip().splitlines()[-1])["spans"])
         except (ValueError, IndexError, KeyError):
             return None
-
-
-def _set_tracing(address: str, on: bool, rate: int = 1) -> None:
-    with grpc.insecure_channel(address) as channel:
-        request = pb.TraceSettingRequest()
-        request.settings["trace_level"].value.append("TIMESTAMPS" if on else "OFF")
-        request.settings["trace_rate"].value.append(str(rate))
-        response = pb_grpc.GRPCInferenceServiceStub(channel).TraceSetting(request, timeout=10)
-    level = list(response.settings["trace_level"].value)
-    assert level == (["TIMESTAMPS"] if on else ["OFF"]), level
-    assert list(response.settings["trace_rate"].value) == [str(rate)], response.settings
 
 
 @contextlib.contextmanager
@@ -269,13 +340,17 @@ def run(
                 export_examples(repo, [model])
             endpoint = receiver.endpoint if receiver is not None else None
             with _server(repo, out, exporter, endpoint, in_process) as (address, pid):
-                for index in range(rounds):
-                    for mode in ("untraced", "traced"):
-                        _set_tracing(address, mode == "traced", rate)
-                        result = _run_window(
-                            pid, address, model, concurrency, warmup, seconds, metadata
-                        )
-                        windows.append({"round": index, "mode": mode, **result})
+                windows = _run_driver(
+                    address,
+                    pid,
+                    model=model,
+                    concurrency=concurrency,
+                    warmup=warmup,
+                    seconds=seconds,
+                    rounds=rounds,
+                    rate=rate,
+                    metadata=metadata,
+                )
     finally:
         spans_received = receiver.stop() if receiver is not None else None
 
@@ -298,6 +373,10 @@ def run(
             if w["mode"] == mode and "server_cpu_us_per_request" in w
         ]
         cpu[mode] = round(statistics.median(values), 1) if values else None
+    batches = {}
+    for mode in ("untraced", "traced"):
+        values = [w["mean_batch"] for w in windows if w["mode"] == mode and "mean_batch" in w]
+        batches[mode] = round(statistics.median(values), 2) if values else None
     latency = {
         mode: {
             key: round(statistics.median(w[key] for w in windows if w["mode"] == mode), 3)
@@ -327,6 +406,8 @@ def run(
         "server_cpu_us_per_request": cpu,
         #: Median over windows, per mode.
         "latency_ms": latency,
+        #: Median over windows of items per model execution, per mode.
+        "mean_batch": batches,
         # untraced / traced server CPU per request: less sensitive to other load.
         "cpu_ratio": (
             round(cpu["untraced"] / cpu["traced"], 3) if cpu["untraced"] and cpu["traced"] else None
@@ -381,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/tracing"))
     parser.add_argument("--seconds", type=float, default=1.0, help="measured seconds per window")
-    parser.add_argument("--warmup", type=float, default=0.3, help="unmeasured seconds per window")
+    parser.add_argument(
+        "--warmup", type=float, default=0.3, help="unmeasured seconds after each switch"
+    )
     parser.add_argument("--rounds", type=int, default=12, help="untraced/traced window pairs")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", choices=("mlp", "null", "cnn", "text"), default="mlp")
@@ -410,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio {report['ratio']}, median per round {report['round_ratio']} "
         f"(quartiles {report['round_ratio_quartiles']}) "
         f"(target {TARGET}, {verdict}); server CPU us/request "
-        f"{report['server_cpu_us_per_request']}; latency ms {report['latency_ms']}"
+        f"{report['server_cpu_us_per_request']}; mean batch {report['mean_batch']}; "
+        f"latency ms {report['latency_ms']}"
     )
     print(f"wrote {ns.out / 'tracing_overhead.json'} and {ns.out / 'tracing_overhead.png'}")
     return 0

@@ -30,6 +30,9 @@ def test_tracing_overhead_benchmark_writes_json_and_png(
     q1, median, q3 = saved["round_ratio_quartiles"]
     assert q1 <= median <= q3 and abs(median - saved["round_ratio"]) <= 0.001
     assert all(w["requests"] > 0 and w["errors"] == 0 for w in saved["windows"])
+    # Items per execution, read from the server's ModelStatistics around each window.
+    assert all(w["mean_batch"] >= 1 for w in saved["windows"])
+    assert set(saved["mean_batch"]) == {"untraced", "traced"}
     assert saved["untraced_rps"] > 0 and saved["traced_rps"] > 0
     png = (tmp_path / "tracing_overhead.png").read_bytes()
     assert png.startswith(b"\x89PNG")
