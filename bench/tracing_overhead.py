@@ -18,8 +18,8 @@ With exporter ``none`` (the default) the server records spans and drops them (th
 cost of sampling and recording on the event loop); with ``--exporter otlp-grpc``
 they go over OTLP/gRPC to a receiver in its own process, and the server's exporter
 process (building and encoding spans) counts in the server's CPU; the warmup after
-each switch (0.3 s by default) is longer than the exporter's batch delay, so a
-traced window's export does not land in the untraced window after it. ``--rate N``
+each switch (``SETTLE_S`` by default) is longer than spans can wait on their way out,
+so a traced window's export does not land in the untraced window after it. ``--rate N``
 traces one request in N instead (Triton's ``trace_rate``, set with the same RPC):
 what sampling costs at the rates SREs usually keep. With ``--traceparent`` every
 request carries a sampled W3C traceparent (the parent-based path, context extraction
@@ -57,8 +57,12 @@ import numpy as np
 
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
+from batchwire.telemetry.span_export import BATCH_DELAY_S, EXPORT_HOLD_S
 
 TARGET = 0.85
+#: Unmeasured seconds after each switch: longer than a span can wait in the server
+#: (``BATCH_DELAY_S``) plus in the exporter process (``EXPORT_HOLD_S``) before export.
+SETTLE_S = round(BATCH_DELAY_S + EXPORT_HOLD_S + 0.1, 3)
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -149,9 +153,9 @@ async def _drive(
     """Alternate untraced and traced windows under one uninterrupted load.
 
     Each window: switch tracing (TraceSetting), let ``warmup`` pass so that calls
-    started under the other mode finish and the exporter process sends the last
-    traced window's spans (it sends within ``BATCH_DELAY_S``, 0.2 s: their export cost
-    must not land in an untraced window), then measure ``seconds``.
+    started under the other mode finish and the last traced window's spans are
+    exported (see ``SETTLE_S``: their export cost must not land in an untraced
+    window), then measure ``seconds``.
     """
     request = _request(model)
     windows: list[dict] = []
@@ -307,7 +311,7 @@ def run(
     out: Path,
     *,
     seconds: float = 1.0,
-    warmup: float = 0.3,
+    warmup: float = SETTLE_S,
     rounds: int = 12,
     concurrency: int = 32,
     model: str = "mlp",
@@ -463,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/tracing"))
     parser.add_argument("--seconds", type=float, default=1.0, help="measured seconds per window")
     parser.add_argument(
-        "--warmup", type=float, default=0.3, help="unmeasured seconds after each switch"
+        "--warmup", type=float, default=SETTLE_S, help="unmeasured seconds after each switch"
     )
     parser.add_argument("--rounds", type=int, default=12, help="untraced/traced window pairs")
     parser.add_argument("--concurrency", type=int, default=32)

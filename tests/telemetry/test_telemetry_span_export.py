@@ -1,11 +1,24 @@
-"""Span export bookkeeping: dropped spans are counted exactly and logged sparingly."""
+"""Span export bookkeeping: dropped spans are counted exactly and logged sparingly; the
+exporter process's record path merges the server's messages into larger OTLP exports."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from batchwire.telemetry.span_export import DropCounter
+import pytest
+
+from batchwire.telemetry.receiver import OtlpReceiver
+from batchwire.telemetry.span_export import (
+    BATCH_RECORDS,
+    EXPORT_HOLD_S,
+    EXPORT_SPANS,
+    DropCounter,
+    RecordExport,
+    span_builder,
+)
+from batchwire.telemetry.span_records import RequestSpanRecord
+from batchwire.telemetry.tracing import TraceConfig
 
 
 def test_drops_are_counted_and_logged_first_then_every_ten_thousand(caplog) -> None:
@@ -35,3 +48,96 @@ def test_drops_from_several_threads_add_up() -> None:
     for thread in threads:
         thread.join()
     assert counter.count == 20_000
+
+
+def _records(count: int, first_span: int = 1) -> list[RequestSpanRecord]:
+    return [
+        RequestSpanRecord(
+            0x4BF92F3577B34DA6A3CE929D0E0E4736,
+            span_id,
+            0,
+            False,
+            "ModelInfer",
+            "mlp",
+            "1",
+            "",
+            1,
+            100,
+            900,
+            150,
+            300,
+            350,
+            600,
+            650,
+            700,
+            0,
+            "",
+            "",
+            (),
+        )
+        for span_id in range(first_span, first_span + count)
+    ]
+
+
+def _record_export(receiver: OtlpReceiver) -> RecordExport:
+    config = TraceConfig.resolve(
+        mode="always", exporter="otlp-grpc", endpoint=f"127.0.0.1:{receiver.port}", environ={}
+    )
+    return RecordExport(config, span_builder("batchwire-test", 0))
+
+
+def test_record_path_defaults() -> None:
+    # Messages from the server are smaller than an export: merging them is the point.
+    assert BATCH_RECORDS < EXPORT_SPANS
+    assert 0 < EXPORT_HOLD_S <= 1.0
+
+
+def test_server_messages_merge_into_one_export_request(monkeypatch) -> None:
+    # A hold far longer than the test: the export below happens because it is full.
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    with OtlpReceiver() as receiver:
+        export = _record_export(receiver)
+        assert export.max_spans == EXPORT_SPANS
+        messages = EXPORT_SPANS // BATCH_RECORDS
+        for index in range(messages):
+            export.add(_records(BATCH_RECORDS, 1 + index * BATCH_RECORDS))
+        spans = receiver.wait_for(lambda spans: len(spans) >= EXPORT_SPANS, timeout=30)
+        export.shutdown(10)
+    assert receiver.exports == 1
+    assert sorted(int.from_bytes(s.span_id, "big") for s in spans) == list(
+        range(1, EXPORT_SPANS + 1)
+    )
+
+
+def test_flush_exports_a_partial_request_at_once(monkeypatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # would hold for 10 minutes
+    with OtlpReceiver() as receiver:
+        export = _record_export(receiver)
+        export.add(_records(10))
+        assert export.flush(20), "flush did not cut the hold short"
+        assert len(receiver.spans) == 10 and receiver.exports == 1
+        export.add(_records(5, 11))
+        export.shutdown(20)  # exports what is held, then stops
+        assert len(receiver.spans) == 15 and receiver.exports == 2
+
+
+def test_exports_never_exceed_the_configured_size(monkeypatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100")
+    with OtlpReceiver() as receiver:
+        export = _record_export(receiver)
+        assert export.max_spans == 100
+        export.add(_records(256))
+        assert export.flush(20)
+        export.shutdown(10)
+        assert len(receiver.spans) == 256
+        assert receiver.exports == 3  # 100 + 100 + 56
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_a_bad_export_size_falls_back_to_the_default(monkeypatch, caplog, value) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", value)
+    with OtlpReceiver() as receiver, caplog.at_level(logging.WARNING):
+        export = _record_export(receiver)
+        export.shutdown(5)
+    assert export.max_spans == EXPORT_SPANS
+    assert f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={value!r} is not a positive integer" in caplog.text
