@@ -82,9 +82,9 @@ def _request(model: str) -> pb.ModelInferRequest:
 class _Load:
     """A closed loop of ``concurrency`` calls that runs for the whole benchmark.
 
-    The load never stops between windows: restarting it per window (a new channel,
-    a ramp-up) made consecutive windows differ more than tracing did. Each finished
-    call appends (finish time, latency, ok) to ``done``; a window is a slice of it.
+    The load never stops between windows, so no window pays for a new channel or a
+    ramp-up of its own. Each finished call appends (finish time, latency, ok) to
+    ``done``; a window is a slice of it.
     """
 
     def __init__(self, infer: object, request: pb.ModelInferRequest, metadata: tuple | None):
@@ -170,7 +170,7 @@ async def _drive(
             await asyncio.sleep(warmup)
             for index in range(rounds):
                 for mode in ("untraced", "traced"):
-                    await stub.TraceSetting(_trace_setting(mode == "traced", rate), timeout=10)
+                    await _set_tracing(stub, mode == "traced", rate)
                     await asyncio.sleep(warmup)
                     first = len(load.done)
                     counts = await _counts(stub, model)
@@ -194,11 +194,20 @@ async def _drive(
     return windows
 
 
-def _trace_setting(on: bool, rate: int) -> pb.TraceSettingRequest:
+async def _set_tracing(stub: pb_grpc.GRPCInferenceServiceStub, on: bool, rate: int) -> None:
+    """Trace every ``rate``-th request from now on, or none; fail if the server disagrees."""
     request = pb.TraceSettingRequest()
-    request.settings["trace_level"].value.append("TIMESTAMPS" if on else "OFF")
+    level = ["TIMESTAMPS" if on else "OFF"]
+    request.settings["trace_level"].value.extend(level)
     request.settings["trace_rate"].value.append(str(rate))
-    return request
+    response = await stub.TraceSetting(request, timeout=10)
+    settings = response.settings
+    if list(settings["trace_level"].value) != level or list(settings["trace_rate"].value) != [
+        str(rate)
+    ]:
+        raise RuntimeError(
+            f"the server did not take trace settings {level}, rate {rate}: {settings}"
+        )
 
 
 async def _counts(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> tuple[int, int]:
