@@ -1,4 +1,4 @@
-"""Small helpers shared by tests (importable as `testsupport`): model repositories written on the fly, free ports."""
+"""Small helpers shared by tests (importable as `testsupport`): model repositories written on the fly, free ports, span records."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from batchwire.server.app import ServerThread
+    from batchwire.telemetry.span_records import RequestSpanRecord
 
 
 def write_python_model(root: Path, name: str, config: str, source: str, version: int = 1) -> Path:
@@ -91,3 +92,34 @@ def start_server(repository: Path | None, **settings: object) -> ServerThread:
 
     config = ServerSettings(host="127.0.0.1", port=0, model_repository=repository, **settings)
     return ServerThread(config).start()
+
+
+def request_span_record(**changes: object) -> RequestSpanRecord:
+    """A traced request's span record with plausible fields, ``changes`` applied."""
+    from batchwire.telemetry.span_records import RequestSpanRecord
+
+    fields = {
+        "trace_id": 0x0AF7651916CD43DD8448EB211C80319C,
+        "span_id": 0xB7AD6B7169203331,
+        "parent_span_id": 0x00F067AA0BA902B7,
+        "parent_remote": True,
+        "method": "ModelInfer",
+        "model": "mlp",
+        "version": "1",
+        "request_id": "r-1",
+        "batch_size": 4,
+        "start_ns": 100,
+        "end_ns": 900,
+        "received_ns": 150,
+        "queued_ns": 300,
+        "input_end_ns": 350,
+        "infer_end_ns": 600,
+        "output_end_ns": 650,
+        "send_ns": 700,
+        "grpc_status": 0,
+        "error_type": "",
+        "error_message": "",
+        "tensors": (),
+    }
+    fields.update(changes)
+    return RequestSpanRecord(**fields)  # type: ignore[arg-type]

@@ -5,40 +5,13 @@ from __future__ import annotations
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from testsupport import request_span_record as request
 
 from batchwire.telemetry.otlp_records import OtlpRecordEncoder
 from batchwire.telemetry.span_export import span_builder
 from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord
 
 OFFSET = 1_700_000_000_000_000_000
-
-
-def request(**changes: object) -> RequestSpanRecord:
-    fields = {
-        "trace_id": 0x0AF7651916CD43DD8448EB211C80319C,
-        "span_id": 0xB7AD6B7169203331,
-        "parent_span_id": 0x00F067AA0BA902B7,
-        "parent_remote": True,
-        "method": "ModelInfer",
-        "model": "mlp",
-        "version": "1",
-        "request_id": "r-1",
-        "batch_size": 4,
-        "start_ns": 100,
-        "end_ns": 900,
-        "received_ns": 150,
-        "queued_ns": 300,
-        "input_end_ns": 350,
-        "infer_end_ns": 600,
-        "output_end_ns": 650,
-        "send_ns": 700,
-        "grpc_status": 0,
-        "error_type": "",
-        "error_message": "",
-        "tensors": (),
-    }
-    fields.update(changes)
-    return RequestSpanRecord(**fields)  # type: ignore[arg-type]
 
 
 RECORDS = [

@@ -7,6 +7,7 @@ import logging
 import threading
 
 import pytest
+from testsupport import request_span_record
 
 from batchwire.telemetry.receiver import OtlpReceiver
 from batchwire.telemetry.span_export import (
@@ -49,33 +50,8 @@ def test_drops_from_several_threads_add_up() -> None:
     assert counter.count == 20_000
 
 
-_SPAN = RequestSpanRecord(
-    trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
-    span_id=1,
-    parent_span_id=0,
-    parent_remote=False,
-    method="ModelInfer",
-    model="mlp",
-    version="1",
-    request_id="",
-    batch_size=1,
-    start_ns=100,
-    end_ns=900,
-    received_ns=150,
-    queued_ns=300,
-    input_end_ns=350,
-    infer_end_ns=600,
-    output_end_ns=650,
-    send_ns=700,
-    grpc_status=0,
-    error_type="",
-    error_message="",
-    tensors=(),
-)
-
-
 def _records(count: int, first_span: int = 1) -> list[RequestSpanRecord]:
-    return [_SPAN._replace(span_id=i) for i in range(first_span, first_span + count)]
+    return [request_span_record(span_id=i) for i in range(first_span, first_span + count)]
 
 
 def _record_export(receiver: OtlpReceiver) -> RecordExport:
