@@ -92,6 +92,7 @@ class _Load:
         self._request = request
         self._metadata = metadata
         self._stop = False
+        self._tasks: list[asyncio.Task] = []
         self.done: list[tuple[float, float, bool]] = []
 
     async def _worker(self) -> None:
@@ -106,12 +107,13 @@ class _Load:
             now = time.perf_counter()
             done.append((now, now - began, ok))
 
-    def start(self, concurrency: int) -> list[asyncio.Task]:
-        return [asyncio.create_task(self._worker()) for _ in range(concurrency)]
+    def start(self, concurrency: int) -> None:
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(concurrency)]
 
-    async def stop(self, tasks: list[asyncio.Task]) -> None:
+    async def stop(self) -> None:
+        """Let every call in flight finish, then return."""
         self._stop = True
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*self._tasks)
 
     def window(self, first: int, since: float, until: float) -> dict:
         """Calls finished in [since, until), looking at ``done[first:]``."""
@@ -165,7 +167,7 @@ async def _drive(
     ):
         load = _Load(pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request, metadata)
         stub = pb_grpc.GRPCInferenceServiceStub(control)
-        tasks = load.start(concurrency)
+        load.start(concurrency)
         try:
             await asyncio.sleep(warmup)
             for index in range(rounds):
@@ -190,7 +192,7 @@ async def _drive(
                         )
                     windows.append({"round": index, "mode": mode, **result})
         finally:
-            await load.stop(tasks)
+            await load.stop()
     return windows
 
 
@@ -343,7 +345,6 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     receiver = _ReceiverProcess() if exporter == "otlp-grpc" else None
     metadata = (("traceparent", TRACEPARENT),) if traceparent else None
-    windows: list[dict] = []
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
         with tempfile.TemporaryDirectory(prefix="batchwire-bench-tracing-") as tmp:
