@@ -29,14 +29,39 @@ against the SDK's (``tests/telemetry/test_telemetry_otlp_records.py``).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+import grpc
+import numpy as np
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, SpanFlags, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import (
+    ResourceSpans,
+    ScopeSpans,
+    Span,
+    SpanFlags,
+    Status,
+)
 
+from batchwire.telemetry.record_wire import (
+    BATCH_DTYPE,
+    LINK_DTYPE,
+    REQUEST_DTYPE,
+    PackedRecords,
+    batch_record,
+    batch_rows,
+    link_ends,
+    link_rows,
+    pack_records,
+    rare_records,
+    request_id_ends,
+    request_record,
+    request_rows,
+)
 from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord
 
 if TYPE_CHECKING:
@@ -45,7 +70,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-__all__ = ["OtlpRecordEncoder", "record_exporter"]
+__all__ = ["Block", "OtlpRecordEncoder", "record_exporter"]
 
 _SERVER = Span.SpanKind.SPAN_KIND_SERVER
 _INTERNAL = Span.SpanKind.SPAN_KIND_INTERNAL
@@ -79,10 +104,17 @@ class OtlpRecordEncoder:
     def __init__(
         self, resource: Resource, scope: InstrumentationScope, epoch_offset_ns: int
     ) -> None:
-        self._resource_attributes = [key_value(k, v) for k, v in resource.attributes.items()]
-        self._resource_schema = resource.schema_url or ""
-        self._scope_name = scope.name
-        self._scope_version = scope.version or ""
+        # An export request is one ResourceSpans holding one ScopeSpans; these are their
+        # fields but for the spans (see serialized()).
+        resource_spans = ResourceSpans(schema_url=resource.schema_url or "")
+        resource_spans.resource.attributes.extend(
+            key_value(k, v) for k, v in resource.attributes.items()
+        )
+        self._resource_fields = resource_spans.SerializeToString()
+        scope_spans = ScopeSpans()
+        scope_spans.scope.name = scope.name
+        scope_spans.scope.version = scope.version or ""
+        self._scope_fields = scope_spans.SerializeToString()
         self._offset = epoch_offset_ns
         self._common = [
             key_value("rpc.system", "grpc"),
@@ -97,21 +129,40 @@ class OtlpRecordEncoder:
         self, records: Iterable[RequestSpanRecord | BatchSpanRecord]
     ) -> ExportTraceServiceRequest:
         """One request holding every record's span."""
-        request = ExportTraceServiceRequest()
-        resource_spans = request.resource_spans.add(schema_url=self._resource_schema)
-        resource_spans.resource.attributes.extend(self._resource_attributes)
-        scope_spans = resource_spans.scope_spans.add()
-        scope_spans.scope.name = self._scope_name
-        scope_spans.scope.version = self._scope_version
-        entries = [
-            self._request_entry(record)
-            if type(record) is RequestSpanRecord
-            else self._batch_entry(record)  # type: ignore[arg-type]
-            for record in records
-        ]
-        # Serialized ``spans`` entries of a ScopeSpans: parsing them appends the spans.
-        scope_spans.MergeFromString(b"".join(entries))
-        return request
+        return self.request(self.blocks(pack_records(records)))
+
+    def request(self, blocks: Iterable[Block]) -> ExportTraceServiceRequest:
+        """One request holding the spans of ``blocks``."""
+        return ExportTraceServiceRequest.FromString(self.serialized(blocks))
+
+    def serialized(self, blocks: Iterable[Block]) -> bytes:
+        """One request holding the spans of ``blocks``, serialized.
+
+        Assembled from bytes rather than built as a message and serialized: a message
+        field's bytes are its fields' bytes one after another, and the blocks are
+        already serialized ``spans`` entries of a ScopeSpans. Parsing them into a
+        message for the SDK's stub to serialize again cost 3-4 us per span.
+        """
+        scope_spans = b"".join([self._scope_fields, *[block.data for block in blocks]])
+        resource_spans = b"".join(
+            [self._resource_fields, _SCOPE_SPANS, _varint(len(scope_spans)), scope_spans]
+        )
+        return b"".join([_RESOURCE_SPANS, _varint(len(resource_spans)), resource_spans])
+
+    def blocks(self, packed: PackedRecords) -> list[Block]:
+        """The spans of ``packed``, encoded: one block per span shape, and one per rare record."""
+        blocks: list[Block] = []
+        if packed.requests:
+            self._request_blocks(packed, blocks)
+        if packed.batches:
+            self._batch_blocks(packed, blocks)
+        for record in rare_records(packed):
+            if type(record) is RequestSpanRecord:
+                data = _entry(_built(self._request_span_in_full, record))
+            else:
+                data = _entry(_built(self._batch_span_in_full, record))
+            blocks.append(Block(data, len(data), 1))
+        return blocks
 
     def _identity(self, r: RequestSpanRecord) -> list[KeyValue]:
         key = (r.method, r.model, r.version)
@@ -127,67 +178,94 @@ class OtlpRecordEncoder:
             self._cached[key] = attributes
         return attributes
 
-    def _request_entry(self, r: RequestSpanRecord) -> bytes | bytearray:
-        if r.tensors or r.error_type:
-            return _entry(_built(self._request_span_in_full, r))  # rare shapes: no layout
-        parent = r.parent_span_id
-        request_id = r.request_id
-        key = (
-            "request",
-            r.method,
-            r.model,
-            r.version,
-            r.grpc_status,
-            r.batch_size,
-            r.received_ns > 0,
-            r.send_ns > 0,
-            0 if not parent else 2 if r.parent_remote else 1,
-            # Ids of one length in UTF-8 bytes serialize to the same size.
-            len(request_id.encode()) if request_id else 0,
-        )
-        layout = self._layouts.get(key)
-        if layout is None:
-            times = (_START, _END, *(index for _, index in _request_event_fields(r)))
-            ids = (_TRACE_ID, _SPAN_ID, _PARENT_SPAN_ID) if parent else (_TRACE_ID, _SPAN_ID)
-            strings = ((_REQUEST_ID_KEY, _REQUEST_ID),) if request_id else ()
-            span = _built(self._request_span_in_full, r)
-            layout = self._layout(key, span, ids, times, strings=strings)
-        return layout.fill(r, self._offset)
+    def _request_blocks(self, packed: PackedRecords, blocks: list[Block]) -> None:
+        rows = request_rows(packed)
+        sources = _REQUEST_SOURCE.rows(packed.requests, self._offset)
+        phases = np.stack((rows["received_ns"] != 0, rows["send_ns"] != 0), axis=1)
+        shapes = np.concatenate((sources[:, _REQUEST_SHAPE_BYTES], phases.view(np.uint8)), axis=1)
+        strings = packed.strings
+        ends = request_id_ends(rows)
+        request_ids = np.frombuffer(packed.request_ids, np.uint8)
+        for members in _groups(shapes):
+            first = rows[members[0]]
+            size = int(first["request_id_size"])
+            key = (
+                "request",
+                strings[first["method"]],
+                strings[first["model"]],
+                strings[first["version"]],
+                int(first["grpc_status"]),
+                int(first["batch_size"]),
+                bool(first["received_ns"]),
+                bool(first["send_ns"]),
+                int(first["parent_kind"]),
+                # Ids of one length in UTF-8 bytes serialize to the same size.
+                size,
+            )
+            group = sources[members]
+            if size:  # each member's request id, after its row
+                ids = request_ids[(ends[members] - size)[:, None] + np.arange(size)]
+                group = np.concatenate((group, ids), axis=1)
+            layout = self._layouts.get(key)
+            if layout is None:
+                request_id = group[0, _REQUEST_SOURCE.tail :].tobytes().decode()
+                layout = self._request_layout(
+                    key, request_record(packed, rows, members[0], request_id)
+                )
+            blocks.append(layout.fill(group))
 
-    def _batch_entry(self, r: BatchSpanRecord) -> bytes | bytearray:
-        if r.error_type:
-            return _entry(_built(self._batch_span_in_full, r))
-        key = (
-            "batch",
-            r.model,
-            r.version,
-            r.size,
-            r.padded_size,
-            r.request_count,
-            r.device,
-            r.instance,
-            len(r.links),
+    def _request_layout(self, key: tuple, r: RequestSpanRecord) -> _Layout:
+        ids = (
+            ("trace_id", "span_id", "parent_span_id")
+            if r.parent_span_id
+            else ("trace_id", "span_id")
         )
-        layout = self._layouts.get(key)
-        if layout is None:
-            span = _built(self._batch_span_in_full, r)
-            layout = self._layout(key, span, (_TRACE_ID, _SPAN_ID), _BATCH_TIMES, links=_LINKS)
-        return layout.fill(r, self._offset)
+        times = ("start_ns", "end_ns", *(field for _, field in _request_event_fields(r)))
+        span = _built(self._request_span_in_full, r)
+        layout = _Layout(span, ids, times, _REQUEST_SOURCE, request_id=bool(r.request_id))
+        return self._cache(key, layout)
 
-    def _layout(
-        self,
-        key: tuple,
-        span: Span,
-        ids: tuple[int, ...],
-        times: tuple[int, ...],
-        *,
-        links: int | None = None,
-        strings: tuple[tuple[str, int], ...] = (),
-    ) -> _Layout:
-        """Cache the layout of ``span``'s shape (see :class:`_Layout` for the arguments)."""
+    def _batch_blocks(self, packed: PackedRecords, blocks: list[Block]) -> None:
+        rows = batch_rows(packed)
+        sources = _BATCH_SOURCE.rows(packed.batches, self._offset)
+        strings = packed.strings
+        ends = link_ends(rows)
+        links = np.frombuffer(packed.links, np.uint8).reshape(-1, LINK_DTYPE.itemsize)
+        for members in _groups(sources[:, _BATCH_SHAPE_BYTES]):
+            first = rows[members[0]]
+            count = int(first["link_count"])
+            key = (
+                "batch",
+                strings[first["model"]],
+                strings[first["version"]],
+                int(first["size"]),
+                int(first["padded_size"]),
+                int(first["request_count"]),
+                strings[first["device"]],
+                int(first["instance"]),
+                count,
+            )
+            group = sources[members]
+            if count:  # each member's links, after its row
+                own = links[(ends[members] - count)[:, None] + np.arange(count)]
+                group = np.concatenate((group, own.reshape(len(members), -1)), axis=1)
+            layout = self._layouts.get(key)
+            if layout is None:
+                end = int(ends[members[0]])
+                record = batch_record(
+                    packed, rows, members[0], link_rows(packed)[end - count : end]
+                )
+                span = _built(self._batch_span_in_full, record)
+                layout = _Layout(
+                    span, ("trace_id", "span_id"), _BATCH_TIMES, _BATCH_SOURCE, links=True
+                )
+                self._cache(key, layout)
+            blocks.append(layout.fill(group))
+
+    def _cache(self, key: tuple, layout: _Layout) -> _Layout:
         if len(self._layouts) >= _MAX_LAYOUTS:  # unbounded shapes (ever new sizes)
             self._layouts.clear()
-        layout = self._layouts[key] = _Layout(span, ids, times, links, strings)
+        self._layouts[key] = layout
         return layout
 
     def _request_span_in_full(self, span: Span, r: RequestSpanRecord) -> None:
@@ -216,8 +294,8 @@ class OtlpRecordEncoder:
             span.status.code = _ERROR
             span.status.message = r.error_message
         events = span.events
-        for name, index in _request_event_fields(r):
-            events.add(name=name, time_unix_nano=r[index] + offset)
+        for name, field in _request_event_fields(r):
+            events.add(name=name, time_unix_nano=getattr(r, field) + offset)
 
     def _links(self, span: Span, r: BatchSpanRecord) -> None:
         add = span.links.add
@@ -259,9 +337,29 @@ class OtlpRecordEncoder:
 
 #: Layouts kept before the cache starts over (shapes: method, model, status, batch size...).
 _MAX_LAYOUTS = 4096
-_FIXED64 = struct.Struct("<Q")
 
 _Record = RequestSpanRecord | BatchSpanRecord
+
+
+#: Tags (field number << 3 | 2, length-delimited) of ExportTraceServiceRequest.resource_spans
+#: and ResourceSpans.scope_spans.
+_RESOURCE_SPANS = bytes([1 << 3 | 2])
+_SCOPE_SPANS = bytes([2 << 3 | 2])
+if (
+    ExportTraceServiceRequest.DESCRIPTOR.fields_by_name["resource_spans"].number != 1
+    or ResourceSpans.DESCRIPTOR.fields_by_name["scope_spans"].number != 2
+):  # pragma: no cover - OTLP's field numbers are stable; a guard all the same
+    raise RuntimeError("unexpected OTLP field numbers")
+
+
+def _varint(value: int) -> bytes:
+    """``value`` as a protobuf varint (a length prefix)."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _entry(span: Span) -> bytes:
@@ -269,6 +367,55 @@ def _entry(span: Span) -> bytes:
     scope_spans = ScopeSpans()
     scope_spans.spans.append(span)
     return scope_spans.SerializeToString()
+
+
+class Block(NamedTuple):
+    """Encoded spans of one shape: ``count`` entries of ``row_size`` bytes each (a
+    ScopeSpans' ``spans`` entries, see :func:`_entry`), so a block splits at any
+    multiple of ``row_size``."""
+
+    data: bytes
+    row_size: int
+    count: int
+
+
+def _groups(shapes: np.ndarray) -> list[np.ndarray]:
+    """Indexes of the rows of ``shapes`` (one row of bytes per span) that are equal.
+
+    Compared as opaque bytes: numpy sorts a structured array field by field through a
+    generic comparison, 15 times slower here (650 against 40 us for 192 rows).
+    """
+    opaque = np.ascontiguousarray(shapes).view(np.dtype((np.void, shapes.shape[1])))
+    _, inverse = np.unique(opaque.reshape(-1), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+
+
+class _Source:
+    """How the source rows of one record kind are laid out, from which a layout fills
+    in its spans: the packed row as it came (ids are big-endian bytes there, as OTLP
+    sends them), then the row's times as Unix ns (little-endian ``fixed64``), then a
+    tail: the request id's bytes, or the links (trace id, span id) one after another."""
+
+    def __init__(self, dtype: np.dtype, times: tuple[str, ...]) -> None:
+        starts = [dtype.fields[name][1] for name in times]
+        if starts != list(range(starts[0], starts[0] + 8 * len(times), 8)):
+            raise RuntimeError("a record row's times must lie one after another")
+        self.row_size = dtype.itemsize
+        self._times = slice(starts[0], starts[0] + 8 * len(times))
+        #: Record field -> where its bytes start in a source row.
+        self.places = {name: dtype.fields[name][1] for name in dtype.names}
+        self.places.update((name, dtype.itemsize + 8 * i) for i, name in enumerate(times))
+        self.tail = dtype.itemsize + 8 * len(times)
+
+    def rows(self, packed: bytes, offset: int) -> np.ndarray:
+        """Source rows (without tails) of the packed rows in ``packed``; ``offset``
+        turns perf_counter times into Unix ns."""
+        raw = np.frombuffer(packed, np.uint8).reshape(-1, self.row_size)
+        times = np.ascontiguousarray(raw[:, self._times]).view(">i8")
+        unix = (times + offset).astype("<u8").view(np.uint8)
+        return np.concatenate((raw, unix), axis=1)
 
 
 def _built(build: Callable[[Span, _Record], None], record: _Record) -> Span:
@@ -285,22 +432,25 @@ class _Layout:
     anything around them, so the spans of one shape serialize to the same bytes but for
     those fields. Each field's offset is where two serializations differ whose values
     for it are fillers differing in every byte (:func:`_place`).
-    ``ids`` and ``times`` name the record fields (indexes) that fill them, in the order
-    the span holds them: trace id, span id, parent span id if any; start, end, then each
-    event's time. ``links``: the record field holding (trace id, span id) per link.
-    ``strings``: (attribute key, record field) of string attributes whose values vary
-    but not their size in bytes (the shape's key holds that size).
+
+    ``ids`` and ``times`` name the record fields that fill them, in the order the span
+    holds them: trace id, span id, parent span id if any; start, end, then each event's
+    time. ``links``: the span's links come from the source rows' tail; ``request_id``:
+    the request id attribute does. ``source`` says where each field lies in a source
+    row; :meth:`fill` then copies every varying byte of a group of spans in one step.
     """
 
-    __slots__ = ("data", "ids", "links", "strings", "times")
+    __slots__ = ("data", "places", "sources")
 
     def __init__(
         self,
         span: Span,
-        ids: tuple[int, ...],
-        times: tuple[int, ...],
-        links: int | None,
-        strings: tuple[tuple[str, int], ...],
+        ids: tuple[str, ...],
+        times: tuple[str, ...],
+        source: _Source,
+        *,
+        links: bool = False,
+        request_id: bool = False,
     ) -> None:
         id_fields = [(span, "trace_id"), (span, "span_id")]
         if span.parent_span_id:
@@ -312,49 +462,40 @@ class _Layout:
                 f"span layout: expected {len(id_fields)} id and {len(time_fields)} time "
                 f"fields, got {len(ids)} and {len(times)}"
             )
-        self.ids = tuple(
-            (*_place(span, message, field), index)
-            for (message, field), index in zip(id_fields, ids, strict=True)
-        )
-        self.times = tuple(
-            (_place(span, message, field)[0], index)
-            for (message, field), index in zip(time_fields, times, strict=True)
-        )
-        self.links = (
-            None
-            if links is None
-            else (
-                links,
-                tuple(
-                    (_place(span, link, "trace_id")[0], _place(span, link, "span_id")[0])
-                    for link in span.links
-                ),
-            )
-        )
-        self.strings = tuple(
-            (*_place(span, _attribute(span, key).value, "string_value"), index)
-            for key, index in strings
-        )
+        places: list[int] = []
+        sources: list[int] = []
+
+        def copy(message: Message, field: str, start: int) -> None:
+            at, size = _place(span, message, field)
+            places.extend(range(at, at + size))
+            sources.extend(range(start, start + size))
+
+        for (message, field), name in zip(id_fields, ids, strict=True):
+            copy(message, field, source.places[name])
+        for (message, field), name in zip(time_fields, times, strict=True):
+            copy(message, field, source.places[name])
+        tail = source.tail
+        if links:
+            for link in span.links:
+                copy(link, "trace_id", tail)
+                copy(link, "span_id", tail + 16)
+                tail += LINK_DTYPE.itemsize
+        if request_id:
+            copy(_attribute(span, _REQUEST_ID_KEY).value, "string_value", tail)
+        #: Byte positions in a span, and in a source row, of every varying byte.
+        self.places = np.array(places, np.intp)
+        self.sources = np.array(sources, np.intp)
         #: The span as a ScopeSpans ``spans`` entry (tag, length, span); the placed
         #: fields hold fillers, which :meth:`fill` overwrites.
         self.data = _entry(span)
 
-    def fill(self, record: _Record, offset: int) -> bytearray:
-        """``record``'s span; ``offset`` turns its perf_counter times into Unix ns."""
-        data = bytearray(self.data)
-        for at, size, index in self.ids:
-            data[at : at + size] = record[index].to_bytes(size, "big")
-        pack = _FIXED64.pack_into
-        for at, index in self.times:
-            pack(data, at, record[index] + offset)
-        if self.links is not None:
-            index, places = self.links
-            for (trace_at, span_at), (trace_id, span_id) in zip(places, record[index], strict=True):
-                data[trace_at : trace_at + 16] = trace_id.to_bytes(16, "big")
-                data[span_at : span_at + 8] = span_id.to_bytes(8, "big")
-        for at, size, index in self.strings:
-            data[at : at + size] = record[index].encode()
-        return data
+    def fill(self, sources: np.ndarray) -> Block:
+        """The spans of ``sources`` (source rows of this shape, with their tails)."""
+        template = np.frombuffer(self.data, np.uint8)
+        spans = np.empty((len(sources), template.size), np.uint8)
+        spans[:] = template
+        spans[:, self.places] = sources[:, self.sources]
+        return Block(spans.tobytes(), template.size, len(sources))
 
 
 def _place(span: Span, message: Message, field: str) -> tuple[int, int]:
@@ -390,53 +531,78 @@ def _attribute(span: Span, key: str) -> KeyValue:
     return attribute
 
 
-#: Record fields (indexes) a layout fills in.
-_TRACE_ID = 0  # both record types start with trace_id, span_id (checked below)
-_SPAN_ID = 1
-_PARENT_SPAN_ID = RequestSpanRecord._fields.index("parent_span_id")
-_START = RequestSpanRecord._fields.index("start_ns")
-_END = RequestSpanRecord._fields.index("end_ns")
-_BATCH_TIMES = tuple(
-    BatchSpanRecord._fields.index(name)
-    for name in ("start_ns", "end_ns", "input_end_ns", "infer_end_ns")
-)
-_LINKS = BatchSpanRecord._fields.index("links")
-_REQUEST_ID = RequestSpanRecord._fields.index("request_id")
 _REQUEST_ID_KEY = "batchwire.request.id"
-_RECEIVED, _QUEUED, _INPUT_END, _INFER_END, _OUTPUT_END, _SEND = (
-    RequestSpanRecord._fields.index(name)
-    for name in (
-        "received_ns",
-        "queued_ns",
-        "input_end_ns",
-        "infer_end_ns",
-        "output_end_ns",
-        "send_ns",
-    )
+_BATCH_TIMES = ("start_ns", "end_ns", "input_end_ns", "infer_end_ns")
+_REQUEST_SOURCE = _Source(REQUEST_DTYPE, RequestSpanRecord._fields[9:17])
+_BATCH_SOURCE = _Source(BATCH_DTYPE, ("start_ns", "input_end_ns", "infer_end_ns", "end_ns"))
+
+
+def _bytes_of(dtype: np.dtype, names: tuple[str, ...]) -> np.ndarray:
+    """Byte positions of the fields ``names`` in a row of ``dtype``."""
+    positions: list[int] = []
+    for name in names:
+        field, start = dtype.fields[name][:2]
+        positions.extend(range(start, start + field.itemsize))
+    return np.array(positions, np.intp)
+
+
+#: The bytes of a row that decide its span's shape (with, for requests, which phases
+#: happened): what the layout keys in OtlpRecordEncoder hold.
+_REQUEST_SHAPE_BYTES = _bytes_of(
+    REQUEST_DTYPE,
+    (
+        "method",
+        "model",
+        "version",
+        "grpc_status",
+        "batch_size",
+        "parent_kind",
+        "request_id_size",
+    ),
 )
-if any(
-    record._fields[:2] != ("trace_id", "span_id") for record in (RequestSpanRecord, BatchSpanRecord)
-):  # pragma: no cover - a guard for whoever edits the records
-    raise RuntimeError("span records must start with trace_id, span_id")
+_BATCH_SHAPE_BYTES = _bytes_of(
+    BATCH_DTYPE,
+    (
+        "model",
+        "version",
+        "size",
+        "padded_size",
+        "request_count",
+        "device",
+        "instance",
+        "link_count",
+    ),
+)
 
 
-def _request_event_fields(r: RequestSpanRecord) -> tuple[tuple[str, int], ...]:
-    """The request span's events (phases that happened): (name, record field index)."""
-    events: tuple[tuple[str, int], ...] = ()
+def _request_event_fields(r: RequestSpanRecord) -> tuple[tuple[str, str], ...]:
+    """The request span's events (phases that happened): (name, record field)."""
+    events: tuple[tuple[str, str], ...] = ()
     if r.received_ns:
         if r.batch_size:
             events = (
-                ("queue_start", _RECEIVED),
-                ("compute_start", _QUEUED),
-                ("compute_input_end", _INPUT_END),
-                ("compute_output_start", _INFER_END),
-                ("compute_end", _OUTPUT_END),
+                ("queue_start", "received_ns"),
+                ("compute_start", "queued_ns"),
+                ("compute_input_end", "input_end_ns"),
+                ("compute_output_start", "infer_end_ns"),
+                ("compute_end", "output_end_ns"),
             )
         else:  # failed before its batch ran (queue timeout, shutdown...)
-            events = (("queue_start", _RECEIVED), ("queue_end", _QUEUED))
+            events = (("queue_start", "received_ns"), ("queue_end", "queued_ns"))
     if r.send_ns:
-        events += (("response_send", _SEND),)
+        events += (("response_send", "send_ns"),)
     return events
+
+
+class _BytesTraceServiceStub:
+    """TraceService's Export method for requests already serialized."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.Export = channel.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=None,  # bytes as they are
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
 
 
 def record_exporter(
@@ -444,13 +610,28 @@ def record_exporter(
 ) -> SpanExporter:
     """The SDK's OTLP/gRPC span exporter, fed span records instead of ReadableSpans.
 
-    Its ``export(records)`` encodes with ``encoder`` (the one method it overrides is
-    the exporter's data-translation hook); everything else is the SDK's.
+    Its ``export(blocks)`` takes :class:`Block` lists from ``encoder.blocks``; the two
+    methods it overrides are the exporter's data-translation and counting hooks, and
+    everything else is the SDK's.
     """
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     class RecordSpanExporter(OTLPSpanExporter):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)  # type: ignore[arg-type]
+            #: Whether requests go out as the encoder's bytes (else as messages: an SDK
+            #: whose exporter no longer keeps its stub and channel where it did).
+            self.sends_bytes = all(hasattr(self, name) for name in ("_stub", "_channel", "_client"))
+            if self.sends_bytes:
+                # The SDK's own stub serializes a message; this one sends bytes as they
+                # are. Set as _stub too, so that the SDK's reconnection keeps it.
+                self._stub = _BytesTraceServiceStub
+                self._client = _BytesTraceServiceStub(self._channel)
+
         def _translate_data(self, data):  # type: ignore[no-untyped-def, override]
-            return encoder.encode(data)
+            return encoder.serialized(data) if self.sends_bytes else encoder.request(data)
+
+        def _count_data(self, data):  # type: ignore[no-untyped-def, override]
+            return sum(block.count for block in data)
 
     return RecordSpanExporter(endpoint=endpoint, **(options or {}))

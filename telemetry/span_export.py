@@ -12,17 +12,21 @@ spans and exports them with the configured OpenTelemetry exporter and a
 ``BatchSpanProcessor``.
 
 :class:`ProcessSink` (parent side). Concurrency: :meth:`~ProcessSink.add` runs on the
-event-loop thread and only appends to a list (under a lock, as :meth:`flush` may be
-called from another thread); full lists (or the list a 200 ms timer finds) go to a
-writer thread, which pickles them and writes them to the child's stdin (blocking
-there, never on the loop). When the writer is more than ``MAX_PENDING_BATCHES``
+event-loop thread and packs the record into rows of bytes
+(:class:`~batchwire.telemetry.record_wire.RecordPacker`, about 1 us, under a lock, as
+:meth:`flush` may be called from another thread); full messages (or the message a
+200 ms timer finds) go to a writer thread, which writes them to the child's stdin
+(blocking there, never on the loop). Packing on the loop, a record at a time, rather
+than in the writer thread: the writer would hold the GIL for a whole message at once
+while the loop waits for it. When the writer is more than ``MAX_PENDING_BATCHES``
 behind, or the child is gone, records are dropped and counted: an unreachable or
 slow collector loses spans, never requests. Acknowledgements of flushes come back on
 a separate pipe (the child's stdout stays the server's, for the console exporter).
 
 Protocol (length-prefixed pickles on stdin): ``("config", TraceConfig, epoch_offset_ns)``
-first, then ``("spans", [record, ...])``, ``("flush", timeout_s)`` (answered on the ack
-pipe with ``True``/``False``) and ``("stop", timeout_s)``. EOF means the server is gone.
+first, then ``("spans", PackedRecords)`` (:mod:`~batchwire.telemetry.record_wire`),
+``("flush", timeout_s)`` (answered on the ack pipe with ``True``/``False``) and
+``("stop", timeout_s)``. EOF means the server is gone.
 
 :class:`LocalSink` builds spans on the calling thread and feeds a ``BatchSpanProcessor``
 in this process: for an exporter *object* handed to the server (tests, programs that
@@ -43,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
@@ -51,9 +56,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from batchwire import __version__
+from batchwire.telemetry.record_wire import PackedRecords, RecordPacker, unpack_records
 from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord, SpanBuilder
 
 if TYPE_CHECKING:
+    from batchwire.telemetry.otlp_records import Block
     from batchwire.telemetry.tracing import TraceConfig
 
 log = logging.getLogger(__name__)
@@ -67,10 +74,6 @@ BATCH_DELAY_S = 0.2
 #: Batches waiting for the writer beyond this are dropped (256 * 64 = 16k spans).
 MAX_PENDING_BATCHES = 64
 _HEADER = struct.Struct("<I")
-#: Records cross the pipe as plain tuples; their length tells which record they are.
-_RECORD_TYPES = {len(t._fields): t for t in (RequestSpanRecord, BatchSpanRecord)}
-if len(_RECORD_TYPES) != 2:  # pragma: no cover - a guard for whoever edits the records
-    raise RuntimeError("span record types must differ in length")
 
 
 def make_exporter(config: TraceConfig) -> SpanExporter:
@@ -241,7 +244,7 @@ class ProcessSink:
         self._stdin: IO[bytes] = self._proc.stdin  # type: ignore[assignment]
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._pending: list[SpanRecord] = []
+        self._packer = RecordPacker()
         self._flushes = 0
         self._outbox: queue.SimpleQueue[tuple[str, object] | None] = queue.SimpleQueue()
         self._alive = True
@@ -255,9 +258,9 @@ class ProcessSink:
 
     def add(self, record: SpanRecord) -> None:
         with self._lock:
-            pending = self._pending
-            pending.append(record)
-            count = len(pending)
+            packer = self._packer
+            packer.add(record)
+            count = packer.count
         if count >= BATCH_RECORDS:
             self._send_pending()
         elif count == 1:
@@ -273,13 +276,14 @@ class ProcessSink:
 
     def _send_pending(self) -> None:
         with self._lock:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return
+            packer = self._packer
+            if not packer.count:
+                return
+            self._packer = RecordPacker()
         if not self._alive or self._outbox.qsize() > MAX_PENDING_BATCHES:
-            self.dropped.add(len(batch))
+            self.dropped.add(packer.count)
             return
-        self._outbox.put(("spans", batch))
+        self._outbox.put(("spans", packer.take()))
 
     # -- writer thread ---------------------------------------------------------------------
 
@@ -288,12 +292,8 @@ class ProcessSink:
         while (item := self._outbox.get()) is not None:
             if not self._alive:
                 if item[0] == "spans":
-                    self.dropped.add(len(item[1]))  # type: ignore[arg-type]
+                    self.dropped.add(item[1].count)  # type: ignore[union-attr]
                 continue
-            if item[0] == "spans":
-                # Plain tuples pickle 4x faster than NamedTuples (and this thread holds
-                # the GIL while it pickles); the exporter process rebuilds the records.
-                item = ("spans", [tuple(record) for record in item[1]])  # type: ignore[union-attr]
             try:
                 _write_message(stdin, item)
             except (OSError, ValueError):
@@ -379,47 +379,47 @@ class RecordExport:
     (:mod:`batchwire.telemetry.otlp_records`) and exported by one thread, so that
     reading the server's messages never waits for the collector.
 
-    The export thread merges the server's messages (up to ``BATCH_RECORDS`` records
-    each) into export requests of up to ``EXPORT_SPANS`` spans, holding a partial one
-    open for at most ``EXPORT_HOLD_S``: fewer, larger requests cost the exporter and
-    the collector less per span. A flush or a stop exports what is held at once.
+    The export thread encodes the server's messages (up to ``BATCH_RECORDS`` records
+    each) and merges them into export requests of up to ``EXPORT_SPANS`` spans,
+    holding a partial one open for at most ``EXPORT_HOLD_S``: fewer, larger requests
+    cost the exporter and the collector less per span. A flush or a stop exports what
+    is held at once.
     """
 
     def __init__(self, config: TraceConfig, builder: SpanBuilder) -> None:
         from batchwire.telemetry.otlp_records import OtlpRecordEncoder, record_exporter
 
-        encoder = OtlpRecordEncoder(builder.resource, builder.scope, builder.offset)
-        self.exporter = record_exporter(grpc_endpoint(config.endpoint), encoder)
+        self.encoder = OtlpRecordEncoder(builder.resource, builder.scope, builder.offset)
+        self.exporter = record_exporter(grpc_endpoint(config.endpoint), self.encoder)
         self.max_spans = _env_positive_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", EXPORT_SPANS)
         self.hold_s = _env_positive_int("OTEL_BSP_SCHEDULE_DELAY", int(EXPORT_HOLD_S * 1000)) / 1000
-        self._queue: queue.Queue[list[SpanRecord] | object | None] = queue.Queue(
-            MAX_PENDING_BATCHES
-        )
+        self._queue: queue.Queue[PackedRecords | object | None] = queue.Queue(MAX_PENDING_BATCHES)
         self._thread = threading.Thread(target=self._run, name="record-export", daemon=True)
         self._thread.start()
         self.dropped = DropCounter("collector too slow")
 
-    def add(self, records: list[SpanRecord]) -> None:
+    def add(self, records: PackedRecords) -> None:
         try:
             self._queue.put_nowait(records)
         except queue.Full:
-            self.dropped.add(len(records))
+            self.dropped.add(records.count)
 
     def _run(self) -> None:
         # Export thread. Every item taken from the queue is marked done only once its
-        # records are exported, so that flush() (queue.join) means "exported".
+        # spans are exported, so that flush() (queue.join) means "exported".
         get = self._queue.get
         stopping = False
         while not stopping:
             first = get()
             taken = 1
-            held: list[SpanRecord] = []
+            held: list[Block] = []
             if first is None:
                 stopping = True
             elif first is not _HURRY:
-                held += first  # type: ignore[arg-type]
+                held += self._encoded(first)  # type: ignore[arg-type]
+                count = sum(block.count for block in held)
                 deadline = time.monotonic() + self.hold_s
-                while len(held) < self.max_spans:
+                while count < self.max_spans:
                     try:
                         item = get(timeout=max(deadline - time.monotonic(), 0.0))
                     except queue.Empty:
@@ -430,17 +430,29 @@ class RecordExport:
                         break
                     if item is _HURRY:
                         break
-                    held += item  # type: ignore[arg-type]
-            for start in range(0, len(held), self.max_spans):
-                self._export(held[start : start + self.max_spans])
+                    blocks = self._encoded(item)  # type: ignore[arg-type]
+                    held += blocks
+                    count += sum(block.count for block in blocks)
+            for request in _requests(held, self.max_spans):
+                self._export(request)
             for _ in range(taken):
                 self._queue.task_done()
 
-    def _export(self, records: list[SpanRecord]) -> None:
+    def _encoded(self, records: PackedRecords) -> list[Block]:
         try:
-            self.exporter.export(records)  # logs its own failures
+            return self.encoder.blocks(records)
+        except Exception:  # a bug here must cost these spans, not the export thread
+            log.exception("tracing: encoding %d span(s) failed", records.count)
+            self.dropped.add(records.count)
+            return []
+
+    def _export(self, blocks: list[Block]) -> None:
+        try:
+            self.exporter.export(blocks)  # logs its own failures
         except Exception:
-            log.exception("tracing: exporting %d span(s) failed", len(records))
+            log.exception(
+                "tracing: exporting %d span(s) failed", sum(block.count for block in blocks)
+            )
 
     def flush(self, timeout_s: float) -> bool:
         with contextlib.suppress(queue.Full):
@@ -461,6 +473,28 @@ class RecordExport:
         self._thread.join(1.0)
 
 
+def _requests(blocks: list[Block], max_spans: int) -> Iterator[list[Block]]:
+    """``blocks`` cut into export requests of at most ``max_spans`` spans each, a block
+    split between its spans where a request fills up."""
+    request: list[Block] = []
+    room = max_spans
+    for block in blocks:
+        while block.count > room:
+            cut = room * block.row_size
+            request.append(block._replace(data=block.data[:cut], count=room))
+            yield request
+            block = block._replace(data=block.data[cut:], count=block.count - room)
+            request, room = [], max_spans
+        if block.count:
+            request.append(block)
+            room -= block.count
+        if room == 0:
+            yield request
+            request, room = [], max_spans
+    if request:
+        yield request
+
+
 def serve_exporter(source: IO[bytes], acks: IO[bytes]) -> None:
     """The exporter process: read records from ``source``, export their spans."""
     kind, payload = _read_message(source)  # type: ignore[misc]
@@ -477,12 +511,11 @@ def serve_exporter(source: IO[bytes], acks: IO[bytes]) -> None:
         except EOFError:  # the server has gone
             break
         if kind == "spans":
-            payload = [_RECORD_TYPES[len(fields)]._make(fields) for fields in payload]
             if direct is not None:
                 direct.add(payload)
             else:
                 on_end = processor.on_end  # type: ignore[union-attr]
-                for record in payload:
+                for record in unpack_records(payload):
                     on_end(builder.span(record))
         elif kind == "flush":
             token, timeout_s = payload

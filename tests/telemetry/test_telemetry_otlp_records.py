@@ -64,6 +64,8 @@ def attributes(repeated) -> dict[str, object]:  # type: ignore[no-untyped-def]
 
 
 def normalized(request: ExportTraceServiceRequest) -> dict:
+    """The request's fields, spans in order of their ids (OTLP gives order no meaning,
+    and the direct encoding groups spans by shape)."""
     (resource_spans,) = request.resource_spans
     (scope_spans,) = resource_spans.scope_spans
     spans = []
@@ -82,6 +84,7 @@ def normalized(request: ExportTraceServiceRequest) -> dict:
                 "status": (span.status.code, span.status.message),
             }
         )
+    spans.sort(key=lambda span: (span["ids"], span["links"]))
     return {
         "resource": attributes(resource_spans.resource.attributes),
         "scope": (scope_spans.scope.name, scope_spans.scope.version),
@@ -101,7 +104,8 @@ def test_direct_encoding_matches_the_sdk_encoding_field_by_field() -> None:
     for mine, theirs in zip(got["spans"], expected["spans"], strict=True):
         assert mine == theirs
     # The fields the comparison rests on are really there.
-    first, failed, _, batch, failed_batch = got["spans"]
+    by_id = {int.from_bytes(span["ids"][1], "big"): span for span in got["spans"]}
+    first, failed, batch, failed_batch = (by_id[i] for i in (0xB7AD6B7169203331, 2, 8, 9))
     assert first["times"] == (OFFSET + 100, OFFSET + 900)
     assert [name for name, _, _ in first["events"]][-1] == "response_send"
     assert [name for name, _, _ in failed["events"]] == ["queue_start", "queue_end"]
@@ -153,9 +157,10 @@ def test_spans_of_one_shape_share_nothing_but_their_shape() -> None:
         assert ours == sdk
     spans = ours["spans"]
     assert len({span["ids"] for span in spans}) == len(records)
-    assert [len(span["links"]) for span in spans[1::2]] == [1, 1, 1, 1]
-    assert spans[2]["times"] == (OFFSET + 20, OFFSET + 29)
-    assert spans[2]["events"][-1] == ("response_send", OFFSET + 26, {})
+    # The batches (trace 9) sort first, then the requests (traces 1001-1004).
+    assert [len(span["links"]) for span in spans] == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert spans[5]["times"] == (OFFSET + 20, OFFSET + 29)
+    assert spans[5]["events"][-1] == ("response_send", OFFSET + 26, {})
 
 
 def test_batch_spans_of_one_batch_shape_keep_each_its_own_links() -> None:
@@ -173,9 +178,13 @@ def test_batch_spans_of_one_batch_shape_keep_each_its_own_links() -> None:
     encoder = OtlpRecordEncoder(builder.resource, builder.scope, OFFSET)
     for _ in range(2):
         assert normalized(encoder.encode(records)) == sdk
-    links = [span["links"] for span in sdk["spans"]]
-    assert [len(span_links) for span_links in links] == [1, 3, 0, 3, 1]
-    assert links[3][2][:2] == ((632).to_bytes(16, "big"), (732).to_bytes(8, "big"))
+    links = {int.from_bytes(span["ids"][1], "big"): span["links"] for span in sdk["spans"]}
+    assert {span: len(span_links) for span, span_links in links.items()} == {
+        500: 0,
+        501: 1,
+        503: 3,
+    }
+    assert links[503][2][:2] == ((632).to_bytes(16, "big"), (732).to_bytes(8, "big"))
 
 
 def test_an_empty_export_is_a_valid_request() -> None:

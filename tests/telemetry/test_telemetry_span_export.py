@@ -10,6 +10,7 @@ import pytest
 from testsupport import request_span_record
 
 from batchwire.telemetry.receiver import OtlpReceiver
+from batchwire.telemetry.record_wire import PackedRecords, pack_records
 from batchwire.telemetry.span_export import (
     BATCH_RECORDS,
     EXPORT_SPANS,
@@ -17,7 +18,6 @@ from batchwire.telemetry.span_export import (
     RecordExport,
     span_builder,
 )
-from batchwire.telemetry.span_records import RequestSpanRecord
 from batchwire.telemetry.tracing import TraceConfig
 
 
@@ -50,8 +50,11 @@ def test_drops_from_several_threads_add_up() -> None:
     assert counter.count == 20_000
 
 
-def _records(count: int, first_span: int = 1) -> list[RequestSpanRecord]:
-    return [request_span_record(span_id=i) for i in range(first_span, first_span + count)]
+def _packed(count: int, first_span: int = 1) -> PackedRecords:
+    """A server message of ``count`` request spans."""
+    return pack_records(
+        request_span_record(span_id=i) for i in range(first_span, first_span + count)
+    )
 
 
 def _record_export(receiver: OtlpReceiver) -> RecordExport:
@@ -67,10 +70,12 @@ def test_server_messages_merge_into_one_export_request(monkeypatch) -> None:
     with OtlpReceiver() as receiver:
         export = _record_export(receiver)
         assert export.max_spans == EXPORT_SPANS
+        # Requests go out as the encoder's bytes, not as messages serialized again.
+        assert export.exporter.sends_bytes
         messages = EXPORT_SPANS // BATCH_RECORDS  # the server's messages are smaller
         assert messages > 1
         for index in range(messages):
-            export.add(_records(BATCH_RECORDS, 1 + index * BATCH_RECORDS))
+            export.add(_packed(BATCH_RECORDS, 1 + index * BATCH_RECORDS))
         spans = receiver.wait_for(lambda spans: len(spans) >= EXPORT_SPANS, timeout=30)
         export.shutdown(10)
     assert receiver.exports == 1
@@ -83,10 +88,10 @@ def test_flush_exports_a_partial_request_at_once(monkeypatch) -> None:
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # would hold for 10 minutes
     with OtlpReceiver() as receiver:
         export = _record_export(receiver)
-        export.add(_records(10))
+        export.add(_packed(10))
         assert export.flush(20), "flush did not cut the hold short"
         assert len(receiver.spans) == 10 and receiver.exports == 1
-        export.add(_records(5, 11))
+        export.add(_packed(5, 11))
         export.shutdown(20)  # exports what is held, then stops
         assert len(receiver.spans) == 15 and receiver.exports == 2
 
@@ -96,7 +101,7 @@ def test_exports_never_exceed_the_configured_size(monkeypatch) -> None:
     with OtlpReceiver() as receiver:
         export = _record_export(receiver)
         assert export.max_spans == 100
-        export.add(_records(256))
+        export.add(_packed(256))
         assert export.flush(20)
         export.shutdown(10)
         assert len(receiver.spans) == 256
