@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -219,3 +221,56 @@ def test_request_ids_of_any_size_are_each_spans_own() -> None:
     for _ in range(2):
         assert normalized(encoder.encode(records)) == sdk
     assert [span["attributes"]["batchwire.request.id"] for span in sdk["spans"]] == ids
+
+
+def test_a_large_message_of_many_shapes_matches_the_sdk_encoding() -> None:
+    """Hundreds of spans of dozens of shapes in one message, as a busy server sends
+    them: every group of one shape is filled at once, and every span must still be
+    exactly its own."""
+    rng = random.Random(7)
+    records: list[RequestSpanRecord | BatchSpanRecord] = []
+    for n in range(120):
+        size = rng.choice([1, 2, 3, 7, 32])
+        links = []
+        for _ in range(rng.choice([0, 1, size])):
+            trace_id, span_id = rng.getrandbits(128) or 1, rng.getrandbits(64) or 1
+            links.append((trace_id, span_id))
+            start = rng.randrange(1, 1 << 40)
+            parent = rng.choice([0, rng.getrandbits(64) or 1])
+            records.append(
+                request(
+                    trace_id=trace_id,
+                    span_id=span_id,
+                    parent_span_id=parent,
+                    parent_remote=bool(parent) and rng.random() < 0.5,
+                    method=rng.choice(["ModelInfer", "ModelStreamInfer"]),
+                    model=rng.choice(["mlp", "cnn"]),
+                    version=rng.choice(["1", "", "12"]),
+                    request_id=rng.choice(["", "7", "42", f"req-{n:04d}", "\u00e9"]),
+                    batch_size=size,
+                    start_ns=start,
+                    end_ns=start + 900,
+                    received_ns=start + 1,
+                    queued_ns=start + 2,
+                    input_end_ns=start + 3,
+                    infer_end_ns=start + 4,
+                    output_end_ns=start + 5,
+                    send_ns=rng.choice([0, start + 6]),
+                )
+            )
+        start = rng.randrange(1, 1 << 40)
+        records.append(
+            BatchSpanRecord(
+                rng.getrandbits(128) or 1, rng.getrandbits(64) or 1, "mlp", "1", size,
+                size + rng.choice([0, 1]), len(links), rng.choice(["cpu", "cuda:0"]),
+                rng.choice([0, 1]), start, start + 1, start + 2, start + 3, tuple(links), "", "",
+            )
+        )  # fmt: skip
+    rng.shuffle(records)
+    assert len(records) > 300
+    builder = span_builder("batchwire-test", OFFSET)
+    sdk = normalized(encode_spans(list(builder.build(records))))
+    encoder = OtlpRecordEncoder(builder.resource, builder.scope, OFFSET)
+    for _ in range(2):  # the second pass reuses every layout
+        assert normalized(encoder.encode(records)) == sdk
+    assert len(sdk["spans"]) == len(records)
