@@ -143,6 +143,7 @@ def _percentile_ms(latencies: list[float], q: float) -> float | None:
 async def _drive(
     address: str,
     pid: int | None,
+    receiver: int | None,
     *,
     model: str,
     concurrency: int,
@@ -176,20 +177,26 @@ async def _drive(
                     await asyncio.sleep(warmup)
                     first = len(load.done)
                     counts = await _counts(stub, model)
-                    cpu = _cpu_seconds(pid) if pid is not None else None
+                    cpu = _cpu_seconds(pid, receiver) if pid is not None else None
                     since = time.perf_counter()
                     await asyncio.sleep(seconds)
                     until = time.perf_counter()
-                    cpu_after = _cpu_seconds(pid) if pid is not None else None
+                    cpu_after = _cpu_seconds(pid, receiver) if pid is not None else None
                     counts_after = await _counts(stub, model)
                     result = load.window(first, since, until)
                     executions = counts_after[1] - counts[1]
                     if executions:
                         result["mean_batch"] = round((counts_after[0] - counts[0]) / executions, 2)
                     if cpu is not None and cpu_after is not None and result["requests"]:
+                        per_request = {
+                            part: round((cpu_after[part] - cpu[part]) / result["requests"] * 1e6, 1)
+                            for part in cpu
+                        }
+                        # The server and its exporter process: what tracing costs the host.
                         result["server_cpu_us_per_request"] = round(
-                            (cpu_after - cpu) / result["requests"] * 1e6, 1
+                            per_request["server"] + per_request["exporter"], 1
                         )
+                        result["cpu_us_per_request"] = per_request
                     windows.append({"round": index, "mode": mode, **result})
         finally:
             await load.stop()
@@ -219,32 +226,50 @@ async def _counts(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> tuple[i
     return stats.inference_count, stats.execution_count
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of process ``pid`` and its children, such as the span
-    exporter process (Linux /proc; None elsewhere)."""
+def _own_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` (Linux /proc; None elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
-            children = task.read_text().split()
+            children += [int(child) for child in task.read_text().split()]
         except OSError:
             continue
-        for child in children:
-            total += _cpu_seconds(int(child)) or 0.0
-    return total
+    return children
 
 
-def _run_driver(address: str, pid: int | None, **kwargs: object) -> list[dict]:
+def _cpu_seconds(pid: int, receiver: int | None) -> dict[str, float] | None:
+    """CPU time so far of the server process, of its children (the span exporter
+    process) and of the OTLP receiver process when there is one."""
+    server = _own_cpu_seconds(pid)
+    if server is None:
+        return None
+    parts = {
+        "server": server,
+        "exporter": sum(_own_cpu_seconds(child) or 0.0 for child in _children(pid)),
+    }
+    if receiver is not None:
+        parts["receiver"] = _own_cpu_seconds(receiver) or 0.0
+    return parts
+
+
+def _run_driver(
+    address: str, pid: int | None, receiver: int | None, **kwargs: object
+) -> list[dict]:
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(_drive(address, pid, **kwargs))  # type: ignore[arg-type]
+    return runner(_drive(address, pid, receiver, **kwargs))  # type: ignore[arg-type]
 
 
 class _ReceiverProcess:
@@ -278,6 +303,10 @@ class _ReceiverProcess:
         if not line.startswith("listening"):
             self._proc.kill()
             raise RuntimeError(f"the OTLP receiver did not start: {line!r}")
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
     def stop(self) -> int | None:
         """Stop it; the number of spans it received."""
@@ -357,6 +386,7 @@ def run(
                 windows = _run_driver(
                     address,
                     pid,
+                    receiver.pid if receiver is not None else None,
                     model=model,
                     concurrency=concurrency,
                     warmup=warmup,
@@ -387,6 +417,26 @@ def run(
             if w["mode"] == mode and "server_cpu_us_per_request" in w
         ]
         cpu[mode] = round(statistics.median(values), 1) if values else None
+    parts: dict[str, dict[str, float]] = {}
+    for mode in ("untraced", "traced"):
+        mode_windows = [
+            w["cpu_us_per_request"]
+            for w in windows
+            if w["mode"] == mode and "cpu_us_per_request" in w
+        ]
+        if mode_windows:
+            parts[mode] = {
+                part: round(statistics.median(w[part] for w in mode_windows), 1)
+                for part in mode_windows[0]
+            }
+    tracing_cpu = (
+        {
+            part: round(parts["traced"][part] - parts["untraced"][part], 1)
+            for part in parts["traced"]
+        }
+        if len(parts) == 2
+        else None
+    )
     batches = {}
     for mode in ("untraced", "traced"):
         values = [w["mean_batch"] for w in windows if w["mode"] == mode and "mean_batch" in w]
@@ -418,6 +468,11 @@ def run(
         "target": TARGET,
         "met": ratio >= TARGET,
         "server_cpu_us_per_request": cpu,
+        #: Median over windows, per mode, of each process's CPU per answered request:
+        #: the server, its span exporter process, the OTLP receiver.
+        "cpu_us_per_request": parts,
+        #: What tracing added per request (traced minus untraced medians), per process.
+        "tracing_cpu_us_per_request": tracing_cpu,
         #: Median over windows, per mode.
         "latency_ms": latency,
         #: Median over windows of items per model execution, per mode.
@@ -507,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio {report['ratio']}, median per round {report['round_ratio']} "
         f"(quartiles {report['round_ratio_quartiles']}) "
         f"(target {TARGET}, {verdict}); server CPU us/request "
-        f"{report['server_cpu_us_per_request']}; mean batch {report['mean_batch']}; "
+        f"{report['server_cpu_us_per_request']}, added by tracing per process "
+        f"{report['tracing_cpu_us_per_request']}; mean batch {report['mean_batch']}; "
         f"latency ms {report['latency_ms']}"
     )
     print(f"wrote {ns.out / 'tracing_overhead.json'} and {ns.out / 'tracing_overhead.png'}")

@@ -38,6 +38,33 @@ def test_tracing_overhead_benchmark_writes_json_and_png(
     assert png.startswith(b"\x89PNG")
 
 
+def test_tracing_overhead_benchmark_splits_cpu_by_process_and_every_span_arrives(
+    tmp_path: Path, examples_repository: Path
+) -> None:
+    """A server process exporting to the benchmark's own receiver process: each
+    window's CPU is split between the server, its span exporter and the receiver."""
+    report = run(
+        tmp_path,
+        seconds=0.3,
+        warmup=0.1,
+        rounds=1,
+        concurrency=4,
+        exporter="otlp-grpc",
+        repository=examples_repository,
+    )
+    parts = {"server", "exporter", "receiver"}
+    assert set(report["cpu_us_per_request"]) == {"untraced", "traced"}
+    assert all(set(p) == parts for p in report["cpu_us_per_request"].values())
+    assert set(report["tracing_cpu_us_per_request"]) == parts
+    for window in report["windows"]:
+        cpu = window["cpu_us_per_request"]
+        assert all(value >= 0 for value in cpu.values())
+        assert window["server_cpu_us_per_request"] == round(cpu["server"] + cpu["exporter"], 1)
+    traced = next(w for w in report["windows"] if w["mode"] == "traced")
+    # Every traced request's span (and its batch spans) reached the receiver.
+    assert report["spans_received"] > traced["requests"]
+
+
 def test_tracing_overhead_benchmark_refuses_a_rate_below_one(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rate must be >= 1"):
         run(tmp_path, rate=0, in_process=True)
