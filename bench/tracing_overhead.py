@@ -355,7 +355,7 @@ def run(
     rounds: int = 12,
     concurrency: int = 32,
     model: str = "mlp",
-    exporter: str = "none",
+    exporter: str = "otlp-grpc",
     traceparent: bool = False,
     rate: int = 1,
     in_process: bool = False,
@@ -537,7 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=12, help="untraced/traced window pairs")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", choices=("mlp", "null", "cnn", "text"), default="mlp")
-    parser.add_argument("--exporter", choices=("none", "otlp-grpc"), default="none")
+    parser.add_argument(
+        "--exporter",
+        choices=("none", "otlp-grpc"),
+        default="otlp-grpc",
+        help="where spans go: a receiver process on loopback (default), or nowhere",
+    )
     parser.add_argument("--traceparent", action="store_true", help="send a sampled traceparent")
     parser.add_argument("--rate", type=int, default=1, help="trace one request in N (default 1)")
     parser.add_argument(

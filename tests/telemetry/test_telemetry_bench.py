@@ -20,6 +20,7 @@ def test_tracing_overhead_benchmark_writes_json_and_png(
         rounds=2,
         concurrency=8,
         rate=2,
+        exporter="none",
         in_process=True,
         repository=examples_repository,
     )
