@@ -13,7 +13,7 @@ spans and exports them with the configured OpenTelemetry exporter and a
 
 :class:`ProcessSink` (parent side). Concurrency: :meth:`~ProcessSink.add` runs on the
 event-loop thread and packs the record into rows of bytes
-(:class:`~batchwire.telemetry.record_wire.RecordPacker`, about 1 us, under a lock, as
+(:class:`~batchwire.telemetry.record_wire.RecordPacker`, about 3 us, under a lock, as
 :meth:`flush` may be called from another thread); full messages (or the message a
 200 ms timer finds) go to a writer thread, which writes them to the child's stdin
 (blocking there, never on the loop). Packing on the loop, a record at a time, rather
