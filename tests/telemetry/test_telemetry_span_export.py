@@ -116,3 +116,19 @@ def test_a_bad_export_size_falls_back_to_the_default(monkeypatch, caplog, value)
         export.shutdown(5)
     assert export.max_spans == EXPORT_SPANS
     assert f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={value!r} is not a positive integer" in caplog.text
+
+
+def test_a_message_that_cannot_be_encoded_costs_its_spans_not_the_export(caplog) -> None:
+    """The export thread survives a message it cannot read: its spans are counted as
+    dropped and the next message is exported as usual."""
+    good = _packed(3)
+    broken = good._replace(requests=good.requests[:-5])  # a row cut short
+    with OtlpReceiver() as receiver, caplog.at_level(logging.ERROR):
+        export = _record_export(receiver)
+        export.add(broken)
+        export.add(_packed(2, 10))
+        assert export.flush(20)
+        export.shutdown(10)
+    assert sorted(int.from_bytes(s.span_id, "big") for s in receiver.spans) == [10, 11]
+    assert export.dropped.count == broken.count
+    assert "encoding" in caplog.text and "failed" in caplog.text
