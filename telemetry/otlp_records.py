@@ -66,7 +66,7 @@ from batchwire.telemetry.record_wire import (
     request_record,
     request_rows,
 )
-from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord
+from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord, SpanRecord
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -129,9 +129,7 @@ class OtlpRecordEncoder:
         #: A span's shape (its attributes, event names, parent kind) -> its layout.
         self._layouts: dict[tuple, _Layout] = {}
 
-    def encode(
-        self, records: Iterable[RequestSpanRecord | BatchSpanRecord]
-    ) -> ExportTraceServiceRequest:
+    def encode(self, records: Iterable[SpanRecord]) -> ExportTraceServiceRequest:
         """One request holding every record's span."""
         return self.request(self.blocks(pack_records(records)))
 
@@ -342,8 +340,6 @@ class OtlpRecordEncoder:
 #: Layouts kept before the cache starts over (shapes: method, model, status, batch size...).
 _MAX_LAYOUTS = 4096
 
-_Record = RequestSpanRecord | BatchSpanRecord
-
 
 #: Tags (field number << 3 | 2, length-delimited) of ExportTraceServiceRequest.resource_spans
 #: and ResourceSpans.scope_spans.
@@ -422,7 +418,7 @@ class _Source:
         return np.concatenate((raw, unix), axis=1)
 
 
-def _built(build: Callable[[Span, _Record], None], record: _Record) -> Span:
+def _built(build: Callable[[Span, SpanRecord], None], record: SpanRecord) -> Span:
     span = Span()
     build(span, record)
     return span

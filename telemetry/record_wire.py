@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord
+from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord, SpanRecord
 
 __all__ = [
     "BATCH_DTYPE",
@@ -49,8 +49,6 @@ __all__ = [
     "request_rows",
     "unpack_records",
 ]
-
-SpanRecord = RequestSpanRecord | BatchSpanRecord
 
 _MASK64 = (1 << 64) - 1
 

@@ -57,15 +57,13 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from batchwire import __version__
 from batchwire.telemetry.record_wire import PackedRecords, RecordPacker, unpack_records
-from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord, SpanBuilder
+from batchwire.telemetry.span_records import SpanBuilder, SpanRecord
 
 if TYPE_CHECKING:
     from batchwire.telemetry.otlp_records import Block
     from batchwire.telemetry.tracing import TraceConfig
 
 log = logging.getLogger(__name__)
-
-SpanRecord = RequestSpanRecord | BatchSpanRecord
 
 #: Records per message to the exporter process.
 BATCH_RECORDS = 256

@@ -23,7 +23,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
-__all__ = ["BatchSpanRecord", "RequestSpanRecord", "SpanBuilder"]
+__all__ = ["BatchSpanRecord", "RequestSpanRecord", "SpanBuilder", "SpanRecord"]
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)
@@ -83,6 +83,10 @@ class BatchSpanRecord(NamedTuple):
     error_message: str
 
 
+#: Either kind of record.
+SpanRecord = RequestSpanRecord | BatchSpanRecord
+
+
 class SpanBuilder:
     """Turns records into ReadableSpans for one service (resource) and clock offset."""
 
@@ -91,13 +95,11 @@ class SpanBuilder:
         self.scope = scope
         self.offset = epoch_offset_ns
 
-    def build(
-        self, records: Iterable[RequestSpanRecord | BatchSpanRecord]
-    ) -> Iterator[ReadableSpan]:
+    def build(self, records: Iterable[SpanRecord]) -> Iterator[ReadableSpan]:
         """One span per record, in order."""
         return map(self.span, records)
 
-    def span(self, record: RequestSpanRecord | BatchSpanRecord) -> ReadableSpan:
+    def span(self, record: SpanRecord) -> ReadableSpan:
         """The span of one record."""
         if type(record) is RequestSpanRecord:
             return self.request_span(record)
