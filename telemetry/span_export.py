@@ -65,12 +65,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Records per message to the exporter process.
-BATCH_RECORDS = 256
+#: Records per message to the exporter process. Each message costs the exporter
+#: process about 0.4 ms however many records it holds (measured, encoding messages of
+#: mixed shapes: 2.9 us per span in messages of 183, 1.5 in 512, 1.25 in 1024).
+BATCH_RECORDS = 1024
 #: A partial batch waits at most this long before it is sent.
 BATCH_DELAY_S = 0.2
-#: Batches waiting for the writer beyond this are dropped (256 * 64 = 16k spans).
-MAX_PENDING_BATCHES = 64
+#: Batches waiting for the writer beyond this are dropped (1024 * 16 = 16k spans).
+MAX_PENDING_BATCHES = 16
 _HEADER = struct.Struct("<I")
 
 

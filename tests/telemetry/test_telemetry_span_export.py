@@ -12,7 +12,6 @@ from testsupport import request_span_record
 from batchwire.telemetry.receiver import OtlpReceiver
 from batchwire.telemetry.record_wire import PackedRecords, pack_records
 from batchwire.telemetry.span_export import (
-    BATCH_RECORDS,
     EXPORT_SPANS,
     DropCounter,
     RecordExport,
@@ -72,10 +71,9 @@ def test_server_messages_merge_into_one_export_request(monkeypatch) -> None:
         assert export.max_spans == EXPORT_SPANS
         # Requests go out as the encoder's bytes, not as messages serialized again.
         assert export.exporter.sends_bytes
-        messages = EXPORT_SPANS // BATCH_RECORDS  # the server's messages are smaller
-        assert messages > 1
-        for index in range(messages):
-            export.add(_packed(BATCH_RECORDS, 1 + index * BATCH_RECORDS))
+        size = EXPORT_SPANS // 4  # messages the timer cut short
+        for index in range(4):
+            export.add(_packed(size, 1 + index * size))
         spans = receiver.wait_for(lambda spans: len(spans) >= EXPORT_SPANS, timeout=30)
         export.shutdown(10)
     assert receiver.exports == 1
