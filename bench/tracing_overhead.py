@@ -2,7 +2,8 @@
 
 ``python -m batchwire.bench.tracing_overhead [--out results/tracing] [--seconds 1]
 [--rounds 12] [--concurrency 32] [--model mlp] [--exporter none|otlp-grpc]
-[--traceparent] [--rate N] [--in-process]``
+[--traceparent] [--rate N] [--in-process] [--load python|perf_analyzer]
+[--perf-analyzer PATH]``
 
 One ``batchwire serve`` subprocess on an example model, started with
 ``--trace-mode always``, under one closed loop of ``--concurrency`` asyncio gRPC
@@ -14,16 +15,20 @@ modes run on the same process, the same warm model, the same connection and the 
 load, in alternating windows, and drift on a shared machine hits both alike; no
 window pays for a new connection or a ramp-up of its own. Traced means every
 request: a server span with its phases as events, plus one ``batch`` span per batch.
-With exporter ``none`` (the default) the server records spans and drops them (the
-cost of sampling and recording on the event loop); with ``--exporter otlp-grpc``
-they go over OTLP/gRPC to a receiver in its own process, and the server's exporter
+With ``--exporter otlp-grpc`` (the default) spans go over OTLP/gRPC to a receiver in
+its own process, and the server's exporter
 process (building and encoding spans) counts in the server's CPU; the warmup after
 each switch (``SETTLE_S`` by default) is longer than spans can wait on their way out,
-so a traced window's export does not land in the untraced window after it. ``--rate N``
+so a traced window's export does not land in the untraced window after it. With
+``--exporter none`` the server records spans and drops them (the cost of sampling and
+recording on the event loop). ``--rate N``
 traces one request in N instead (Triton's ``trace_rate``, set with the same RPC):
 what sampling costs at the rates SREs usually keep. With ``--traceparent`` every
 request carries a sampled W3C traceparent (the parent-based path, context extraction
-included).
+included). ``--load perf_analyzer`` keeps the calls in flight with Triton's C++ client
+instead of this process's asyncio one (``scripts/install-perf-analyzer.sh`` installs
+it): it leaves more of a small machine's cores to the server, and each window is then
+counted by the server (answered requests in ModelStatistics), without client latencies.
 
 Writes ``tracing_overhead.json`` and ``tracing_overhead.png`` into ``--out``:
 every window's throughput, latency and mean batch (items per model execution,
@@ -46,11 +51,14 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -136,6 +144,74 @@ class _Load:
         }
 
 
+class _PerfAnalyzerLoad:
+    """Triton's ``perf_analyzer`` keeping ``concurrency`` calls in flight, in its own process.
+
+    A C++ client: it takes a fraction of the CPU this process's asyncio client takes for
+    the same load, so on a small machine more of the cores are left to the server. It
+    measures nothing for us: every window is counted by the server (ModelStatistics).
+    It runs one measurement of ``seconds`` and is stopped as soon as the benchmark ends.
+    """
+
+    def __init__(
+        self, binary: str, address: str, model: str, concurrency: int, seconds: float
+    ) -> None:
+        args = [
+            binary,
+            "-m",
+            model,
+            "-u",
+            address,
+            "-i",
+            "grpc",
+            "--concurrency-range",
+            f"{concurrency}:{concurrency}",
+            "--measurement-mode",
+            "time_windows",
+            "--measurement-interval",
+            str(int(seconds * 1000)),
+            "--max-trials",
+            "1",
+            "--stability-percentage",
+            "999",
+        ]
+        if model == "text":  # a variable-length input: perf_analyzer needs its shape
+            args += ["--shape", "TOKENS:16"]
+        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop)
+        self._proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+
+    async def started(self, stub: pb_grpc.GRPCInferenceServiceStub, timeout: float = 60.0) -> None:
+        """Return once the server answers its requests; raise if it failed to start."""
+        model = self._proc.args[2]  # type: ignore[index]
+        first = (await _counts(stub, model)).successes
+        deadline = time.monotonic() + timeout
+        while (await _counts(stub, model)).successes == first:
+            self.check()
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"perf_analyzer sent no request in {timeout:.0f} s")
+            await asyncio.sleep(0.2)
+
+    def check(self) -> None:
+        """Raise if perf_analyzer is no longer running (the load stopped)."""
+        code = self._proc.poll()
+        if code is not None:
+            self._log.seek(0)
+            tail = self._log.read()[-2000:]
+            self._log.close()
+            raise RuntimeError(f"perf_analyzer exited with status {code}:\n{tail}")
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._log.close()
+
+
 def _percentile_ms(latencies: list[float], q: float) -> float | None:
     return round(float(np.percentile(latencies, q)) * 1e3, 3) if latencies else None
 
@@ -152,8 +228,12 @@ async def _drive(
     rounds: int,
     rate: int,
     metadata: tuple | None,
+    perf_analyzer: str | None = None,
 ) -> list[dict]:
     """Alternate untraced and traced windows under one uninterrupted load.
+
+    The load: this process's asyncio loop (``_Load``), or ``perf_analyzer`` (the path
+    of Triton's binary) in its own process; its windows are counted by the server.
 
     Each window: switch tracing (TraceSetting), let ``warmup`` pass so that calls
     started under the other mode finish and the last traced window's spans are
@@ -166,16 +246,25 @@ async def _drive(
         grpc.aio.insecure_channel(address) as channel,
         grpc.aio.insecure_channel(address) as control,
     ):
-        load = _Load(pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request, metadata)
         stub = pb_grpc.GRPCInferenceServiceStub(control)
-        load.start(concurrency)
+        load: _Load | None = None
+        external: _PerfAnalyzerLoad | None = None
+        if perf_analyzer is None:
+            load = _Load(pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request, metadata)
+            load.start(concurrency)
+        else:
+            # Long enough for every window and switch, with room to spare: it is
+            # stopped once the last window is measured.
+            duration = 30.0 + rounds * 2 * (warmup + seconds + 1.0)
+            external = _PerfAnalyzerLoad(perf_analyzer, address, model, concurrency, duration)
+            await external.started(stub)
         try:
             await asyncio.sleep(warmup)
             for index in range(rounds):
                 for mode in ("untraced", "traced"):
                     await _set_tracing(stub, mode == "traced", rate)
                     await asyncio.sleep(warmup)
-                    first = len(load.done)
+                    first = 0 if load is None else len(load.done)
                     counts = await _counts(stub, model)
                     cpu = _cpu_seconds(pid, receiver) if pid is not None else None
                     since = time.perf_counter()
@@ -183,10 +272,14 @@ async def _drive(
                     until = time.perf_counter()
                     cpu_after = _cpu_seconds(pid, receiver) if pid is not None else None
                     counts_after = await _counts(stub, model)
-                    result = load.window(first, since, until)
-                    executions = counts_after[1] - counts[1]
+                    if load is None:
+                        result = _server_window(counts, counts_after, since, until)
+                    else:
+                        result = load.window(first, since, until)
+                    executions = counts_after.executions - counts.executions
                     if executions:
-                        result["mean_batch"] = round((counts_after[0] - counts[0]) / executions, 2)
+                        items = counts_after.items - counts.items
+                        result["mean_batch"] = round(items / executions, 2)
                     if cpu is not None and cpu_after is not None and result["requests"]:
                         per_request = {
                             part: round((cpu_after[part] - cpu[part]) / result["requests"] * 1e6, 1)
@@ -197,9 +290,14 @@ async def _drive(
                             per_request["server"] + per_request["exporter"], 1
                         )
                         result["cpu_us_per_request"] = per_request
+                    if external is not None:
+                        external.check()
                     windows.append({"round": index, "mode": mode, **result})
         finally:
-            await load.stop()
+            if load is not None:
+                await load.stop()
+            if external is not None:
+                external.stop()
     return windows
 
 
@@ -219,11 +317,39 @@ async def _set_tracing(stub: pb_grpc.GRPCInferenceServiceStub, on: bool, rate: i
         )
 
 
-async def _counts(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> tuple[int, int]:
-    """(inference_count, execution_count) of ``model``: items and batches so far."""
+class _Counts(NamedTuple):
+    """A model's counters in ModelStatistics at one moment."""
+
+    items: int
+    executions: int
+    #: Requests answered successfully / with an error.
+    successes: int
+    failures: int
+
+
+async def _counts(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> _Counts:
     response = await stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=10)
     stats = response.model_stats[0]
-    return stats.inference_count, stats.execution_count
+    return _Counts(
+        stats.inference_count,
+        stats.execution_count,
+        stats.inference_stats.success.count,
+        stats.inference_stats.fail.count,
+    )
+
+
+def _server_window(before: _Counts, after: _Counts, since: float, until: float) -> dict:
+    """A window counted by the server (the load generator reports nothing per window)."""
+    requests = after.successes - before.successes
+    elapsed = until - since
+    return {
+        "requests": requests,
+        "seconds": round(elapsed, 3),
+        "throughput": round(requests / elapsed, 1) if elapsed > 0 else 0.0,
+        "errors": after.failures - before.failures,
+        "p50_ms": None,
+        "p99_ms": None,
+    }
 
 
 def _own_cpu_seconds(pid: int) -> float | None:
@@ -280,7 +406,6 @@ class _ReceiverProcess:
     """
 
     def __init__(self) -> None:
-        import subprocess
         import sys
 
         from batchwire.bench.server_process import free_port
@@ -360,17 +485,22 @@ def run(
     rate: int = 1,
     in_process: bool = False,
     repository: Path | None = None,
+    load: str = "python",
+    perf_analyzer: str | None = None,
 ) -> dict:
     """Measure, write ``tracing_overhead.json`` / ``.png`` into ``out``, return the report.
 
     ``in_process`` runs the server in this process (quick smoke runs; it shares
     the GIL with the load generator, so the ratio means less). ``repository``
-    must hold ``model`` (default: the example exported to a temp dir).
+    must hold ``model`` (default: the example exported to a temp dir). ``load``:
+    ``python`` (this process's asyncio client) or ``perf_analyzer`` (Triton's C++
+    client, found at ``perf_analyzer`` or on PATH).
     """
     from batchwire.examples.export import export_examples
 
     if rate < 1:
         raise ValueError(f"rate must be >= 1 (one request in N traced), got {rate}")
+    binary = _perf_analyzer_binary(load, perf_analyzer, traceparent)
     out.mkdir(parents=True, exist_ok=True)
     receiver = _ReceiverProcess() if exporter == "otlp-grpc" else None
     metadata = (("traceparent", TRACEPARENT),) if traceparent else None
@@ -394,6 +524,7 @@ def run(
                     rounds=rounds,
                     rate=rate,
                     metadata=metadata,
+                    perf_analyzer=binary,
                 )
     finally:
         spans_received = receiver.stop() if receiver is not None else None
@@ -441,13 +572,16 @@ def run(
     for mode in ("untraced", "traced"):
         values = [w["mean_batch"] for w in windows if w["mode"] == mode and "mean_batch" in w]
         batches[mode] = round(statistics.median(values), 2) if values else None
-    latency = {
-        mode: {
-            key: round(statistics.median(w[key] for w in windows if w["mode"] == mode), 3)
-            for key in ("p50_ms", "p99_ms")
+    # The client's latencies; perf_analyzer's are not per window (None then).
+    latency = None
+    if binary is None:
+        latency = {
+            mode: {
+                key: round(statistics.median(w[key] for w in windows if w["mode"] == mode), 3)
+                for key in ("p50_ms", "p99_ms")
+            }
+            for mode in ("untraced", "traced")
         }
-        for mode in ("untraced", "traced")
-    }
     report = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "started": started,
@@ -460,6 +594,8 @@ def run(
         #: One request in ``trace_rate`` traced (1: every request).
         "trace_rate": rate,
         "in_process": in_process,
+        #: What kept the calls in flight: ``python`` (this process) or ``perf_analyzer``.
+        "load_generator": load,
         "untraced_rps": round(untraced, 1),
         "traced_rps": round(traced, 1),
         "ratio": ratio,
@@ -487,6 +623,42 @@ def run(
     (out / "tracing_overhead.json").write_text(json.dumps(report, indent=2))
     plot(report, out / "tracing_overhead.png")
     return report
+
+
+def _perf_analyzer_binary(load: str, path: str | None, traceparent: bool) -> str | None:
+    """The perf_analyzer to run (None: the load is this process's own client)."""
+    if load == "python":
+        return None
+    if load != "perf_analyzer":
+        raise ValueError(f"load must be 'python' or 'perf_analyzer', got '{load}'")
+    if traceparent:
+        raise ValueError("perf_analyzer cannot send a traceparent: its -H headers are HTTP only")
+    return find_perf_analyzer(path)
+
+
+def find_perf_analyzer(path: str | None = None) -> str:
+    """``path`` (default: ``perf_analyzer`` on PATH) once it runs; ValueError saying why not.
+
+    The tritonclient wheel installs the binary, but it needs ``libcudart.so.12`` on the
+    library path even without a GPU (``pip install nvidia-cuda-runtime-cu12``).
+    """
+    binary = path or shutil.which("perf_analyzer")
+    if binary is None:
+        raise ValueError("perf_analyzer is not on PATH")
+    if not os.access(binary, os.X_OK):
+        raise ValueError(f"no perf_analyzer executable at {binary!r}")
+    try:
+        probe = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ValueError(f"perf_analyzer at {binary!r} does not run: {exc}") from None
+    if probe.returncode != 0:
+        why = (probe.stderr or probe.stdout).strip()[-500:]
+        raise ValueError(
+            f"perf_analyzer at {binary!r} does not run (exit status {probe.returncode}): {why}"
+        )
+    return binary
 
 
 def _quartiles(values: list[float]) -> list[float] | None:
@@ -548,6 +720,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--in-process", action="store_true", help="server in this process (quick smoke run)"
     )
+    parser.add_argument(
+        "--load",
+        choices=("python", "perf_analyzer"),
+        default="python",
+        help="what keeps the calls in flight: this process's asyncio client (default), "
+        "or Triton's perf_analyzer (windows then counted by the server)",
+    )
+    parser.add_argument(
+        "--perf-analyzer", default=None, help="path of perf_analyzer (default: from PATH)"
+    )
     ns = parser.parse_args(argv)
     report = run(
         ns.out,
@@ -560,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         traceparent=ns.traceparent,
         rate=ns.rate,
         in_process=ns.in_process,
+        load=ns.load,
+        perf_analyzer=ns.perf_analyzer,
     )
     verdict = "met" if report["met"] else "MISSED"
     print(

@@ -35,3 +35,20 @@ def example_server(examples_repository: Path) -> Iterator[ServerThread]:
 def server_address(example_server: ServerThread) -> str:
     """``127.0.0.1:<port>`` of the shared example-model server."""
     return example_server.address
+
+
+@pytest.fixture(scope="session")
+def perf_analyzer() -> str:
+    """A Triton perf_analyzer that runs: $BATCHWIRE_PERF_ANALYZER, else one on PATH.
+
+    ``scripts/test.sh`` installs one (``scripts/install-perf-analyzer.sh``); without it
+    the tests that drive the server with perf_analyzer skip, saying why.
+    """
+    import os
+
+    from batchwire.bench.tracing_overhead import find_perf_analyzer
+
+    try:
+        return find_perf_analyzer(os.environ.get("BATCHWIRE_PERF_ANALYZER"))
+    except ValueError as exc:
+        pytest.skip(f"no perf_analyzer that runs: {exc}")

@@ -69,3 +69,48 @@ def test_tracing_overhead_benchmark_splits_cpu_by_process_and_every_span_arrives
 def test_tracing_overhead_benchmark_refuses_a_rate_below_one(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rate must be >= 1"):
         run(tmp_path, rate=0, in_process=True)
+
+
+def test_tracing_overhead_benchmark_under_perf_analyzer_counts_windows_on_the_server(
+    tmp_path: Path, examples_repository: Path, perf_analyzer: str
+) -> None:
+    report = run(
+        tmp_path,
+        seconds=0.5,
+        warmup=0.2,
+        rounds=2,
+        concurrency=8,
+        exporter="otlp-grpc",
+        repository=examples_repository,
+        load="perf_analyzer",
+        perf_analyzer=perf_analyzer,
+    )
+    assert report["load_generator"] == "perf_analyzer"
+    # No client latencies: perf_analyzer reports none per window.
+    assert report["latency_ms"] is None
+    assert [w["mode"] for w in report["windows"]] == ["untraced", "traced"] * 2
+    for window in report["windows"]:
+        assert window["requests"] > 0 and window["errors"] == 0
+        # Requests the server answered over the window's (rounded) length.
+        assert window["throughput"] == pytest.approx(window["requests"] / window["seconds"], 1e-2)
+        assert window["mean_batch"] >= 1
+    traced = [w for w in report["windows"] if w["mode"] == "traced"]
+    assert report["spans_received"] > sum(w["requests"] for w in traced)
+
+
+def test_tracing_overhead_benchmark_names_what_is_wrong_with_its_load_generator(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="load must be 'python' or 'perf_analyzer', got 'wrk'"):
+        run(tmp_path, load="wrk", in_process=True)
+    with pytest.raises(ValueError, match="cannot send a traceparent"):
+        run(tmp_path, load="perf_analyzer", traceparent=True, in_process=True)
+    missing = str(tmp_path / "no-such-perf_analyzer")
+    with pytest.raises(ValueError, match="no perf_analyzer executable at"):
+        run(tmp_path, load="perf_analyzer", perf_analyzer=missing, in_process=True)
+    # An executable that exits with an error (as perf_analyzer does without libcudart).
+    broken = tmp_path / "perf_analyzer"
+    broken.write_text("#!/bin/sh\necho 'cannot open shared object file' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    with pytest.raises(ValueError, match=r"does not run \(exit status 127\): cannot open shared"):
+        run(tmp_path, load="perf_analyzer", perf_analyzer=str(broken), in_process=True)
