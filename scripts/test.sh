@@ -11,6 +11,9 @@ python -m pip install -q --upgrade pip
 # torch is pinned to the CPU build for machines without a GPU (TORCH_SPEC overrides it).
 python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" -e ".[test]"
 bash scripts/install-system-deps.sh
+# Triton's perf_analyzer in .venv-perf: the tests that drive the server with it.
+bash scripts/install-perf-analyzer.sh
+export BATCHWIRE_PERF_ANALYZER="${BATCHWIRE_PERF_ANALYZER:-$PWD/.venv-perf/perf_analyzer}"
 ruff check .
 ruff format --check .
 python -m pytest "$@"
