@@ -1,7 +1,7 @@
 """Tracing overhead: served throughput with every request traced vs tracing off, same run.
 
 ``python -m batchwire.bench.tracing_overhead [--out results/tracing] [--seconds 1]
-[--rounds 12] [--concurrency 32] [--model mlp] [--exporter none|otlp-grpc]
+[--rounds 20] [--concurrency 32] [--model mlp] [--exporter none|otlp-grpc]
 [--traceparent] [--rate N] [--in-process] [--load python|perf_analyzer]
 [--perf-analyzer PATH]``
 
@@ -477,7 +477,7 @@ def run(
     *,
     seconds: float = 1.0,
     warmup: float = SETTLE_S,
-    rounds: int = 12,
+    rounds: int = 20,
     concurrency: int = 32,
     model: str = "mlp",
     exporter: str = "otlp-grpc",
@@ -706,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=float, default=SETTLE_S, help="unmeasured seconds after each switch"
     )
-    parser.add_argument("--rounds", type=int, default=12, help="untraced/traced window pairs")
+    parser.add_argument("--rounds", type=int, default=20, help="untraced/traced window pairs")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", choices=("mlp", "null", "cnn", "text"), default="mlp")
     parser.add_argument(
