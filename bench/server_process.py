@@ -11,6 +11,17 @@ from pathlib import Path
 from batchwire.clients.readiness import ServerNotReadyError, wait_until_ready
 
 
+def terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """Stop ``proc`` if it still runs: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
@@ -68,13 +79,8 @@ class ServerProcess:
 
     def stop(self) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after 30 s) and close its log."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            terminate(self._proc, 30)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -63,6 +63,7 @@ from typing import NamedTuple
 import grpc
 import numpy as np
 
+from batchwire.bench.server_process import terminate
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 from batchwire.telemetry.span_export import BATCH_DELAY_S, EXPORT_HOLD_S
@@ -202,13 +203,7 @@ class _PerfAnalyzerLoad:
             raise RuntimeError(f"perf_analyzer exited with status {code}:\n{tail}")
 
     def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc, 10)
         self._log.close()
 
 
