@@ -2,7 +2,7 @@
 
 ``python -m batchwire.bench.tracing_overhead [--out results/tracing] [--seconds 1]
 [--rounds 20] [--concurrency 32] [--model mlp] [--exporter none|otlp-grpc]
-[--traceparent] [--rate N] [--in-process] [--load python|perf_analyzer]
+[--traceparent] [--rate N] [--in-process] [--load auto|python|perf_analyzer]
 [--perf-analyzer PATH]``
 
 One ``batchwire serve`` subprocess on an example model, started with
@@ -25,10 +25,12 @@ recording on the event loop). ``--rate N``
 traces one request in N instead (Triton's ``trace_rate``, set with the same RPC):
 what sampling costs at the rates SREs usually keep. With ``--traceparent`` every
 request carries a sampled W3C traceparent (the parent-based path, context extraction
-included). ``--load perf_analyzer`` keeps the calls in flight with Triton's C++ client
-instead of this process's asyncio one (``scripts/install-perf-analyzer.sh`` installs
-it): it leaves more of a small machine's cores to the server, and each window is then
-counted by the server (answered requests in ModelStatistics), without client latencies.
+included). The load generator (``--load``) is Triton's C++ ``perf_analyzer`` when one
+that runs is found (``scripts/install-perf-analyzer.sh`` installs it), else this
+process's asyncio client; either can be named. Under perf_analyzer each window is
+counted by the server (answered requests in ModelStatistics), without client
+latencies. On the 2-vCPU development VM the asyncio client's traced windows lose
+more, for reasons not settled (docs/observability.md, "The tracing benchmark").
 
 Writes ``tracing_overhead.json`` and ``tracing_overhead.png`` into ``--out``:
 every window's throughput, latency and mean batch (items per model execution,
@@ -480,7 +482,7 @@ def run(
     rate: int = 1,
     in_process: bool = False,
     repository: Path | None = None,
-    load: str = "python",
+    load: str = "auto",
     perf_analyzer: str | None = None,
 ) -> dict:
     """Measure, write ``tracing_overhead.json`` / ``.png`` into ``out``, return the report.
@@ -488,8 +490,9 @@ def run(
     ``in_process`` runs the server in this process (quick smoke runs; it shares
     the GIL with the load generator, so the ratio means less). ``repository``
     must hold ``model`` (default: the example exported to a temp dir). ``load``:
-    ``python`` (this process's asyncio client) or ``perf_analyzer`` (Triton's C++
-    client, found at ``perf_analyzer`` or on PATH).
+    ``python`` (this process's asyncio client), ``perf_analyzer`` (Triton's C++ client,
+    at ``perf_analyzer`` or on PATH), or ``auto``: perf_analyzer when one that runs is
+    found (see ``_perf_analyzer_binary``), else the asyncio client.
     """
     from batchwire.examples.export import export_examples
 
@@ -590,7 +593,7 @@ def run(
         "trace_rate": rate,
         "in_process": in_process,
         #: What kept the calls in flight: ``python`` (this process) or ``perf_analyzer``.
-        "load_generator": load,
+        "load_generator": "python" if binary is None else "perf_analyzer",
         "untraced_rps": round(untraced, 1),
         "traced_rps": round(traced, 1),
         "ratio": ratio,
@@ -620,15 +623,36 @@ def run(
     return report
 
 
+#: Where ``scripts/install-perf-analyzer.sh`` puts perf_analyzer (from the repository root).
+INSTALLED_PERF_ANALYZER = Path(".venv-perf/perf_analyzer")
+
+
 def _perf_analyzer_binary(load: str, path: str | None, traceparent: bool) -> str | None:
-    """The perf_analyzer to run (None: the load is this process's own client)."""
+    """The perf_analyzer to run (None: the load is this process's own client).
+
+    ``auto``: ``path`` when given, else the first that runs of $BATCHWIRE_PERF_ANALYZER,
+    ``INSTALLED_PERF_ANALYZER`` and ``perf_analyzer`` on PATH; the asyncio client when
+    none does, or when every request must carry a traceparent.
+    """
     if load == "python":
         return None
-    if load != "perf_analyzer":
-        raise ValueError(f"load must be 'python' or 'perf_analyzer', got '{load}'")
+    if load not in ("perf_analyzer", "auto"):
+        raise ValueError(f"load must be 'auto', 'python' or 'perf_analyzer', got '{load}'")
     if traceparent:
+        if load == "auto":
+            return None
         raise ValueError("perf_analyzer cannot send a traceparent: its -H headers are HTTP only")
-    return find_perf_analyzer(path)
+    if load == "perf_analyzer" or path is not None:
+        return find_perf_analyzer(path)
+    candidates = [os.environ.get("BATCHWIRE_PERF_ANALYZER"), str(INSTALLED_PERF_ANALYZER), None]
+    for candidate in candidates:
+        if candidate == "":
+            continue
+        try:
+            return find_perf_analyzer(candidate)
+        except ValueError:
+            continue
+    return None
 
 
 def find_perf_analyzer(path: str | None = None) -> str:
@@ -717,13 +741,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--load",
-        choices=("python", "perf_analyzer"),
-        default="python",
-        help="what keeps the calls in flight: this process's asyncio client (default), "
-        "or Triton's perf_analyzer (windows then counted by the server)",
+        choices=("auto", "python", "perf_analyzer"),
+        default="auto",
+        help="what keeps the calls in flight: Triton's perf_analyzer when one that runs "
+        "is found (auto, the default: $BATCHWIRE_PERF_ANALYZER, .venv-perf/perf_analyzer, "
+        "PATH), else this process's asyncio client; or either of them, named",
     )
     parser.add_argument(
-        "--perf-analyzer", default=None, help="path of perf_analyzer (default: from PATH)"
+        "--perf-analyzer", default=None, help="path of perf_analyzer (default: see --load)"
     )
     ns = parser.parse_args(argv)
     report = run(
@@ -742,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     verdict = "met" if report["met"] else "MISSED"
     print(
-        f"untraced {report['untraced_rps']} req/s, traced {report['traced_rps']} req/s: "
+        f"load generator {report['load_generator']}: untraced {report['untraced_rps']} req/s, traced {report['traced_rps']} req/s: "
         f"ratio {report['ratio']}, median per round {report['round_ratio']} "
         f"(quartiles {report['round_ratio_quartiles']}) "
         f"(target {TARGET}, {verdict}); server CPU us/request "

@@ -23,10 +23,11 @@ def test_tracing_overhead_benchmark_writes_json_and_png(
         exporter="none",
         in_process=True,
         repository=examples_repository,
+        load="python",
     )
     saved = json.loads((tmp_path / "tracing_overhead.json").read_text())
     assert saved["ratio"] == report["ratio"] and saved["target"] == TARGET
-    assert saved["trace_rate"] == 2
+    assert saved["trace_rate"] == 2 and saved["load_generator"] == "python"
     assert [w["mode"] for w in saved["windows"]] == ["untraced", "traced"] * 2
     q1, median, q3 = saved["round_ratio_quartiles"]
     assert q1 <= median <= q3 and abs(median - saved["round_ratio"]) <= 0.001
@@ -52,6 +53,7 @@ def test_tracing_overhead_benchmark_splits_cpu_by_process_and_every_span_arrives
         concurrency=4,
         exporter="otlp-grpc",
         repository=examples_repository,
+        load="python",
     )
     parts = {"server", "exporter", "receiver"}
     assert set(report["cpu_us_per_request"]) == {"untraced", "traced"}
@@ -72,8 +74,13 @@ def test_tracing_overhead_benchmark_refuses_a_rate_below_one(tmp_path: Path) -> 
 
 
 def test_tracing_overhead_benchmark_under_perf_analyzer_counts_windows_on_the_server(
-    tmp_path: Path, examples_repository: Path, perf_analyzer: str
+    tmp_path: Path,
+    examples_repository: Path,
+    perf_analyzer: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """By default (load ``auto``) the benchmark finds perf_analyzer and uses it."""
+    monkeypatch.setenv("BATCHWIRE_PERF_ANALYZER", perf_analyzer)
     report = run(
         tmp_path,
         seconds=0.5,
@@ -82,8 +89,6 @@ def test_tracing_overhead_benchmark_under_perf_analyzer_counts_windows_on_the_se
         concurrency=8,
         exporter="otlp-grpc",
         repository=examples_repository,
-        load="perf_analyzer",
-        perf_analyzer=perf_analyzer,
     )
     assert report["load_generator"] == "perf_analyzer"
     # No client latencies: perf_analyzer reports none per window.
@@ -98,10 +103,36 @@ def test_tracing_overhead_benchmark_under_perf_analyzer_counts_windows_on_the_se
     assert report["spans_received"] > sum(w["requests"] for w in traced)
 
 
+def test_tracing_overhead_benchmark_falls_back_to_its_own_client_without_perf_analyzer(
+    tmp_path: Path, examples_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "perf_analyzer"
+    broken.write_text("#!/bin/sh\nexit 127\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("BATCHWIRE_PERF_ANALYZER", str(broken))
+    monkeypatch.setenv("PATH", str(tmp_path))  # the broken one is the only one there
+    monkeypatch.chdir(tmp_path)  # no .venv-perf here
+    report = run(
+        tmp_path / "out",
+        seconds=0.2,
+        warmup=0.1,
+        rounds=1,
+        concurrency=4,
+        exporter="none",
+        in_process=True,
+        repository=examples_repository,
+    )
+    assert report["load_generator"] == "python"
+    assert report["latency_ms"]["traced"]["p50_ms"] > 0
+    assert all(w["requests"] > 0 for w in report["windows"])
+
+
 def test_tracing_overhead_benchmark_names_what_is_wrong_with_its_load_generator(
     tmp_path: Path,
 ) -> None:
-    with pytest.raises(ValueError, match="load must be 'python' or 'perf_analyzer', got 'wrk'"):
+    with pytest.raises(
+        ValueError, match="load must be 'auto', 'python' or 'perf_analyzer', got 'wrk'"
+    ):
         run(tmp_path, load="wrk", in_process=True)
     with pytest.raises(ValueError, match="cannot send a traceparent"):
         run(tmp_path, load="perf_analyzer", traceparent=True, in_process=True)
