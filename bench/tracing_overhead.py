@@ -706,8 +706,8 @@ def plot(report: dict, path: Path) -> None:
         axis.axhline(report[f"{mode}_rps"], color=color, linestyle="--", linewidth=1, label=mode)
     axis.set_ylabel("requests / s")
     axis.set_title(
-        f"Tracing overhead, '{report['model']}' c={report['concurrency']}, exporter "
-        f"{report['exporter']}: traced/untraced {report['ratio']} (median per round "
+        f"Tracing overhead, '{report['model']}' c={report['concurrency']} "
+        f"({report['load_generator']}), exporter {report['exporter']}: traced/untraced {report['ratio']} (median per round "
         f"{report['round_ratio']}; target >= {report['target']})",
         fontsize=8,
     )
