@@ -2,9 +2,9 @@
 # Triton's perf_analyzer, in its own venv (.venv-perf), for the tests and benchmarks that
 # drive batchwire with it. It comes from the tritonclient 2.51.0 wheel: later wheels ship
 # no binary or need a newer glibc, and its pins would clash with the test venv's. It
-# needs libb64 (Debian package libb64-0d) and libcudart.so.12 even without a GPU (pip
-# package nvidia-cuda-runtime-cu12), so what it installs is a wrapper script that puts
-# that library on the path. Never fails: prints why perf_analyzer is unavailable instead,
+# needs libb64 (Debian package libb64-0d, which install-system-deps.sh installs) and
+# libcudart.so.12 even without a GPU (pip package nvidia-cuda-runtime-cu12), so what it
+# installs is a wrapper script that puts that library on the path. Never fails: prints why perf_analyzer is unavailable instead,
 # and the tests that need it skip.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,17 +13,6 @@ VENV=.venv-perf
 WRAPPER=$VENV/perf_analyzer
 if [ -x "$WRAPPER" ] && "$WRAPPER" --version >/dev/null 2>&1; then
   exit 0
-fi
-if ! ldconfig -p 2>/dev/null | grep -q libb64.so.0d; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-  if $SUDO true 2>/dev/null; then
-    $SUDO apt-get update -qq >/dev/null &&
-      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libb64-0d >/dev/null ||
-      echo "install-perf-analyzer: could not install libb64-0d" >&2
-  else
-    echo "install-perf-analyzer: not root; libb64-0d missing" >&2
-  fi
 fi
 { [ -x $VENV/bin/python ] || "$PYTHON" -m venv $VENV; } &&
   $VENV/bin/python -m pip install -q "tritonclient==2.51.0" "nvidia-cuda-runtime-cu12" ||
