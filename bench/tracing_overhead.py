@@ -644,10 +644,9 @@ def _perf_analyzer_binary(load: str, path: str | None, traceparent: bool) -> str
         raise ValueError("perf_analyzer cannot send a traceparent: its -H headers are HTTP only")
     if load == "perf_analyzer" or path is not None:
         return find_perf_analyzer(path)
-    candidates = [os.environ.get("BATCHWIRE_PERF_ANALYZER"), str(INSTALLED_PERF_ANALYZER), None]
-    for candidate in candidates:
-        if candidate == "":
-            continue
+    # None last: perf_analyzer on PATH (what find_perf_analyzer looks up without a path).
+    named = os.environ.get("BATCHWIRE_PERF_ANALYZER")
+    for candidate in [*([named] if named else []), str(INSTALLED_PERF_ANALYZER), None]:
         try:
             return find_perf_analyzer(candidate)
         except ValueError:
