@@ -18,7 +18,13 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROTO_FILES = ("model_config.proto", "grpc_service.proto")
+PROTO_FILES = (
+    "model_config.proto",
+    "grpc_service.proto",
+    "health.proto",
+    "reflection_v1.proto",
+    "reflection_v1alpha.proto",
+)
 _DEFAULT_POOL = "_descriptor_pool.Default()"
 _PRIVATE_POOL = "_batchwire_pool.POOL"
 _POOL_IMPORT = "from batchwire.protos import pool as _batchwire_pool\n"
