@@ -25,12 +25,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from batchwire.clients.tensors import decode_tensor, encode_contents
 from batchwire.core.datatypes import NUMPY_DTYPES, V2_TO_CONFIG
 from batchwire.protos import grpc_service_pb2 as pb
-from batchwire.protos import grpc_service_pb2_grpc, model_config_pb2
+from batchwire.protos import grpc_service_pb2_grpc, health_pb2, health_pb2_grpc, model_config_pb2
 
 ECHO_INPUTS = {f"IN_{datatype}": datatype for datatype in NUMPY_DTYPES}
 # Vary the shapes: a fixed dim, a variable dim, or none.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import grpc
 import pytest
 import tritonclient.grpc as triton
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
+from batchwire.protos import health_pb2, health_pb2_grpc
+from batchwire.protos import reflection_v1_pb2 as reflection_pb2
+from batchwire.protos import reflection_v1_pb2_grpc as reflection_pb2_grpc
 
 EXAMPLES = ("cnn", "mlp", "null", "text")
 
