@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from batchwire.core.datatypes import to_numpy
 from batchwire.core.errors import ModelExecutionError
+from batchwire.core.torch_tensors import to_numpy
 
 if TYPE_CHECKING:
     from batchwire.core.spec import ModelSpec

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from batchwire.batching.assembly import AssembledBatch, Assembler, OutputError
-from batchwire.core.datatypes import NUMPY_DTYPES, WIRE_DTYPES, to_torch
+from batchwire.core.datatypes import NUMPY_DTYPES, WIRE_DTYPES
 from batchwire.core.errors import (
     DeadlineExceededError,
     InferenceError,
@@ -63,6 +63,7 @@ from batchwire.core.errors import (
     ModelLoadError,
 )
 from batchwire.core.observer import BatchRecord
+from batchwire.core.torch_tensors import to_torch
 from batchwire.core.types import InferenceRequest, InferenceResult
 
 if TYPE_CHECKING:

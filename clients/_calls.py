@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-from grpc_health.v1 import health_pb2
 
 from batchwire.clients.errors import InferenceServerError
 from batchwire.clients.tensors import InputsLike, add_inputs, decode_outputs
 from batchwire.protos import grpc_service_pb2 as pb
-from batchwire.protos import model_config_pb2
+from batchwire.protos import health_pb2, model_config_pb2
 
 T = TypeVar("T")
 

@@ -9,14 +9,13 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2_grpc
 
 from batchwire.clients import _calls
 from batchwire.clients._calls import InferResult, ParameterValue
 from batchwire.clients.errors import InferenceServerError
 from batchwire.clients.tensors import InputsLike
 from batchwire.protos import grpc_service_pb2 as pb
-from batchwire.protos import model_config_pb2
+from batchwire.protos import health_pb2_grpc, model_config_pb2
 from batchwire.protos.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 
 __all__ = ["AsyncInferenceClient"]
