@@ -2,19 +2,25 @@
 
 ``register(app)`` adds the command to the main ``batchwire`` typer app;
 ``python -m batchwire.clients.cli infer ...`` runs it standalone.
+
+The help layout of both command lines lives here too (:class:`HelpFormatter`,
+:class:`HelpCommand`, :class:`HelpGroup`): this module is the one they share,
+and the one a client-only install (no torch, no server dependencies) has.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
 import numpy as np
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from batchwire.clients._calls import InferResult
 from batchwire.clients.client import InferenceClient
@@ -23,12 +29,143 @@ from batchwire.clients.tensors import bf16_to_float32, float_to_bf16
 from batchwire.core.datatypes import NUMPY_DTYPES
 from batchwire.protos import grpc_service_pb2 as pb
 
-__all__ = ["build_app", "main", "random_inputs", "random_tensor", "register"]
+__all__ = [
+    "CONTEXT_SETTINGS",
+    "HelpCommand",
+    "HelpFormatter",
+    "HelpGroup",
+    "build_app",
+    "main",
+    "random_inputs",
+    "random_tensor",
+    "register",
+]
 
 #: Size given to variable (-1) dimensions other than the batch dimension.
 VARIABLE_DIM_SIZE = 8
 #: Random integer inputs are drawn from [INT_LOW, INT_HIGH): valid token ids, indices...
 INT_LOW, INT_HIGH = 1, 100
+
+
+# -- help layout ----------------------------------------------------------------------
+#
+# Help is laid out by click's plain formatter, not typer's rich panels (every app and
+# command here sets rich_markup_mode=None): rich gives each column of its option table
+# a share of the terminal and cuts what does not fit, which at 80 columns truncated
+# option and environment variable names ("--model-reposito…", "BATCHWIRE_MODEL_…").
+# Click keeps the names whole in the first column, but its text wrapper breaks words
+# after hyphens ("[default: no-" / "allow-pickled-models]", "--trace-" / "rate"), and
+# its command list cuts each summary with "...". The classes below keep click's layout
+# but wrap only at spaces, and list every command's first sentence whole. They subclass
+# the classes typer itself uses, found through TyperCommand.context_class: recent typer
+# releases carry their own copy of click, which the click package's classes would not
+# mix with.
+
+#: Help text stops at this many columns on wider terminals (longer lines read worse).
+HELP_WIDTH = 100
+
+
+def _wrap_paragraphs(text: str, width: int) -> list[str]:
+    """``text`` wrapped at spaces only, to ``width`` columns; paragraphs kept apart.
+
+    A paragraph starting with click's ``\\b`` marker keeps its own line breaks.
+    """
+    lines: list[str] = []
+    for paragraph in text.strip().split("\n\n"):
+        if lines:
+            lines.append("")
+        if paragraph.startswith("\b\n"):
+            lines.extend(paragraph[2:].splitlines())
+            continue
+        lines.extend(
+            textwrap.wrap(
+                " ".join(paragraph.split()),
+                max(width, 10),
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+        )
+    return lines
+
+
+_Context = TyperCommand.context_class
+
+
+class HelpFormatter(_Context.formatter_class):
+    """Click's help layout, wrapping text between words only, never inside a name."""
+
+    def write_text(self, text: str) -> None:
+        """Write ``text`` as indented paragraphs."""
+        indent = " " * self.current_indent
+        for line in _wrap_paragraphs(text, self.width - self.current_indent):
+            self.write(f"{indent}{line}\n" if line else "\n")
+
+    def write_dl(
+        self, rows: Iterable[tuple[str, str]], col_max: int = 30, col_spacing: int = 2
+    ) -> None:
+        """Write terms and their descriptions in two columns, as click lays them out.
+
+        A term wider than ``col_max`` stands on a line of its own, its description
+        below it in the second column.
+        """
+        rows = list(rows)
+        if not rows:
+            return
+        first_col = min(max(len(term) for term, _ in rows), col_max) + col_spacing
+        indent = " " * self.current_indent
+        text_indent = " " * (self.current_indent + first_col)
+        for term, text in rows:
+            self.write(f"{indent}{term}")
+            lines = _wrap_paragraphs(text, self.width - first_col - 2) if text else []
+            if not lines:
+                self.write("\n")
+                continue
+            if len(term) <= first_col - col_spacing:
+                self.write(" " * (first_col - len(term)))
+            else:
+                self.write(f"\n{text_indent}")
+            self.write(f"{lines[0]}\n")
+            for line in lines[1:]:
+                self.write(f"{text_indent}{line}\n" if line else "\n")
+
+
+class HelpContext(_Context):
+    """A click context whose help goes through :class:`HelpFormatter`."""
+
+    formatter_class = HelpFormatter
+
+
+def _summary(command: TyperCommand | TyperGroup) -> str:
+    """The command's short help, else the first sentence of its help, whole."""
+    if command.short_help:
+        return command.short_help
+    text = (command.help or "").split("\f", 1)[0].strip().split("\n\n", 1)[0]
+    sentence = " ".join(text.split()).split(". ", 1)[0]
+    return sentence.removesuffix(".")
+
+
+class HelpCommand(TyperCommand):
+    """A typer command laid out by :class:`HelpFormatter`."""
+
+    context_class = HelpContext
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        """The summary a command list shows, whole: the list wraps it instead of cutting it."""
+        return _summary(self)
+
+
+class HelpGroup(TyperGroup):
+    """A typer group laid out by :class:`HelpFormatter`; its commands should be HelpCommands."""
+
+    context_class = HelpContext
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        """The summary a command list shows, whole: the list wraps it instead of cutting it."""
+        return _summary(self)
+
+
+#: Context settings of every command: the help width on wide terminals.
+CONTEXT_SETTINGS: dict[str, Any] = {"max_content_width": HELP_WIDTH}
 
 
 def random_tensor(datatype: str, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
@@ -181,7 +318,15 @@ def infer(
         list[str] | None,
         typer.Option("--output", "-o", help="Output to return; repeatable (default: all)."),
     ] = None,
-    version: Annotated[str, typer.Option("--version", help="Model version.")] = "",
+    model_version: Annotated[
+        str,
+        typer.Option(
+            "--model-version",
+            "-x",
+            help="Model version. Default: the server's choice (batchwire and Triton: the "
+            "highest ready version).",
+        ),
+    ] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     seed: Annotated[
         int | None, typer.Option("--seed", help="Seed for --random (default: random).")
@@ -196,7 +341,7 @@ def infer(
         raise typer.BadParameter("give --input NAME=file.npy for each input, or --random")
     try:
         with InferenceClient(url, timeout=timeout) as client:
-            metadata = client.model_metadata(model, version)
+            metadata = client.model_metadata(model, model_version)
             declared = {tensor.name: tensor.datatype for tensor in metadata.inputs}
             inputs = dict(given)
             if random:
@@ -204,7 +349,7 @@ def infer(
                 inputs.update(
                     random_inputs(
                         metadata,
-                        batched=_is_batched(client, model, version, first_dims),
+                        batched=_is_batched(client, model, model_version, first_dims),
                         batch_size=batch_size,
                         rng=np.random.default_rng(seed),
                         skip=list(given),
@@ -213,7 +358,11 @@ def infer(
             try:
                 datatypes = {name: declared[name] for name in inputs if name in declared}
                 result = client.infer(
-                    model, inputs, outputs=output_names, version=version, datatypes=datatypes
+                    model,
+                    inputs,
+                    outputs=output_names,
+                    version=model_version,
+                    datatypes=datatypes,
                 )
             except (TypeError, ValueError) as exc:  # an input file that cannot be sent
                 typer.echo(f"error: {exc}", err=True)
@@ -226,12 +375,18 @@ def infer(
 
 def register(app: typer.Typer) -> None:
     """Add the ``infer`` command to ``app`` (the ``batchwire`` command line)."""
-    app.command("infer")(infer)
+    app.command("infer", cls=HelpCommand, context_settings=CONTEXT_SETTINGS)(infer)
 
 
 def build_app() -> typer.Typer:
     """A typer app holding just ``infer``, for ``python -m batchwire.clients.cli``."""
-    app = typer.Typer(add_completion=False, no_args_is_help=True)
+    app = typer.Typer(
+        add_completion=False,
+        no_args_is_help=True,
+        cls=HelpGroup,
+        rich_markup_mode=None,
+        context_settings=CONTEXT_SETTINGS,
+    )
 
     @app.callback()
     def _root() -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import socket
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -31,6 +34,60 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The server cannot start for a reason its operator can fix.
+
+    A port that cannot be listened on, a model repository that is missing, not a
+    folder or unreadable. The message is one line naming what and why; ``batchwire
+    serve`` prints it without a traceback and exits with status 1. Anything else
+    start() raises is a bug and keeps its traceback.
+    """
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC parses it: an IPv6 literal goes in brackets."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def os_reason(exc: OSError) -> str:
+    """``address already in use`` from ``[Errno 98] Address already in use``."""
+    return exc.strerror.lower() if exc.strerror else str(exc)
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or None when it looks free.
+
+    gRPC reports a failed bind only as "Failed to bind to address" (the cause goes to
+    its own log), so the cause is read from probe sockets bound the way gRPC binds:
+    SO_REUSEADDR set, so that only a live socket on the port counts as a conflict. Like
+    gRPC, a host resolving to several addresses is usable when one of them binds.
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        return f"unknown host ({os_reason(exc)})"
+    problem = None
+    for family, kind, proto, _, address in addresses:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError as exc:  # an address family this machine has no stack for
+            problem = problem or os_reason(exc)
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                problem = problem or os_reason(exc)
+            else:
+                return None
+    return problem
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -89,12 +146,34 @@ class BatchwireServer:
             host = "127.0.0.1"
         return f"{host}:{self.port}"
 
-    def _repository_root(self) -> Path:
-        if self.settings.model_repository is not None:
-            root = Path(self.settings.model_repository)
-            if not root.is_dir():
-                raise FileNotFoundError(f"model repository '{root}' is not a directory")
-            return root
+    def _checked_repository(self) -> Path | None:
+        """The repository folder the settings name, once known to be a readable folder.
+
+        None when they name none (the built-in examples are served). Checked before
+        anything is bound or loaded, so that a mistyped path is the only thing reported.
+        """
+        if self.settings.model_repository is None:
+            return None
+        root = Path(self.settings.model_repository)
+        try:
+            mode = root.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            raise StartupError(f"model repository '{root}' does not exist") from None
+        except OSError as exc:
+            raise StartupError(f"cannot read model repository '{root}': {os_reason(exc)}") from None
+        if stat.S_ISREG(mode):
+            raise StartupError(f"model repository '{root}' is a file, not a directory")
+        if not stat.S_ISDIR(mode):
+            raise StartupError(f"model repository '{root}' is not a directory")
+        try:
+            with os.scandir(root):
+                pass
+        except OSError as exc:
+            raise StartupError(f"cannot read model repository '{root}': {os_reason(exc)}") from None
+        return root
+
+    def _example_repository(self) -> Path:
+        """Export the built-in example models into a temporary folder (removed by stop())."""
         from batchwire.examples.export import export_examples
 
         self._examples_dir = Path(tempfile.mkdtemp(prefix="batchwire-examples-"))
@@ -102,18 +181,69 @@ class BatchwireServer:
         log.info("serving built-in example models %s from %s", ", ".join(names), self._examples_dir)
         return self._examples_dir
 
+    def _bind(self, server: grpc.aio.Server) -> int:
+        """Add the gRPC port to ``server``; returns the bound port (the chosen one for 0)."""
+        host, port = self.settings.host, self.settings.port
+        address = host_port(host, port)
+        # Port 0 always binds; otherwise learn the cause first, which gRPC would not tell.
+        problem = listen_problem(host, port) if port else None
+        if problem is not None:
+            raise StartupError(f"cannot listen on {address}: {problem}")
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio >= 1.50 raises where older ones returned 0
+            raise StartupError(
+                f"cannot listen on {address}: gRPC could not bind it (its own log says why)"
+            ) from exc
+        if not bound:
+            raise StartupError(f"cannot listen on {address}: gRPC could not bind it")
+        return bound
+
+    def _start_metrics(self, telemetry: Telemetry) -> int | None:
+        """Start the Prometheus endpoint when the settings ask for one; its port, or None."""
+        settings = self.settings
+        if not settings.metrics_port:
+            return None
+        try:
+            return telemetry.start_metrics(settings.host, settings.metrics_port)
+        except OSError as exc:
+            address = host_port(settings.host, settings.metrics_port)
+            if settings.metrics_required:
+                raise StartupError(
+                    f"cannot listen on {address} for metrics: {os_reason(exc)}"
+                ) from None
+            # An embedding program asked for a server that outlives its metrics endpoint.
+            log.error("metrics endpoint disabled: cannot bind %s: %s", address, os_reason(exc))
+            return None
+
     async def start(self) -> None:
-        """Bind the port, start answering, then load every model.
+        """Bind the ports, start answering, then load every model.
 
         ServerLive answers as soon as the port is bound; ServerReady and the
-        health service report SERVING once all models are loaded.
+        health service report SERVING once all models are loaded. Raises
+        :class:`StartupError`, before anything is loaded, when the repository
+        folder or a port cannot be used; :meth:`stop` releases what was set up.
         """
         settings = self.settings
-        repository = ModelRepository(
-            self._repository_root(),
-            allow_pickle=settings.allow_pickled_models,
-            intra_op_threads=settings.intra_op_threads,
+        # Every check an operator can fail comes before the first log line (telemetry logs
+        # its exporter process) or slow step (exporting the examples), so that a failed
+        # start says one thing: the repository, the gRPC port, then the metrics port.
+        root = self._checked_repository()
+        limit = settings.max_message_bytes
+        server = self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+                # Fail loudly when the port is taken instead of silently sharing it.
+                ("grpc.so_reuseport", 0),
+            ]
         )
+        self.port = self._bind(server)
+        if settings.metrics_port and settings.metrics_required:
+            problem = listen_problem(settings.host, settings.metrics_port)
+            if problem is not None:
+                address = host_port(settings.host, settings.metrics_port)
+                raise StartupError(f"cannot listen on {address} for metrics: {problem}")
         trace_config = TraceConfig.resolve(
             mode=settings.trace_mode,
             rate=settings.trace_rate,
@@ -122,42 +252,24 @@ class BatchwireServer:
             service_name=settings.server_name,
         )
         telemetry = self.telemetry = Telemetry(trace_config, span_exporter=self._span_exporter)
+        self.metrics_port = self._start_metrics(telemetry)
+        repository = ModelRepository(
+            root if root is not None else self._example_repository(),
+            allow_pickle=settings.allow_pickled_models,
+            intra_op_threads=settings.intra_op_threads,
+        )
         self.registry = ModelRegistry(repository, observer_factory=telemetry.observer_factory)
         dataplane = DataPlane(self.registry)
         self._servicer = InferenceServicer(
             dataplane, server_name=settings.server_name, telemetry=telemetry
         )
         self._health = HealthReporter(self.registry)
-        limit = settings.max_message_bytes
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", limit),
-                ("grpc.max_receive_message_length", limit),
-                # Fail loudly when the port is taken instead of silently sharing it.
-                ("grpc.so_reuseport", 0),
-            ]
-        )
         services = GenericHandlersOnly(server)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, services)
-        from grpc_health.v1 import health_pb2_grpc
+        from batchwire.protos import health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, services)
         enable_reflection(services)
-        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-        if not self.port:
-            raise OSError(f"could not bind {settings.host}:{settings.port}")
-        self._server = server
-        if settings.metrics_port:
-            try:
-                self.metrics_port = telemetry.start_metrics(settings.host, settings.metrics_port)
-            except OSError as exc:
-                # Metrics are auxiliary: a taken port must not stop inference from being served.
-                log.error(
-                    "metrics endpoint disabled: cannot bind %s:%d: %s",
-                    settings.host,
-                    settings.metrics_port,
-                    exc,
-                )
         await server.start()
         await self._health.set_server(False)
         log.info("batchwire listening on %s:%d", settings.host, self.port)

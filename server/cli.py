@@ -1,27 +1,73 @@
-"""The ``batchwire`` command line: serve models, export the examples, run a client."""
+"""The ``batchwire`` command line: serve models, export the examples, run a client.
+
+Importing this module stays cheap and needs only the client's dependencies:
+``batchwire --help`` and ``batchwire infer`` run where the server's (torch,
+OpenTelemetry, prometheus_client: ``batchwire[server]``) are not installed, so
+each command imports the server, torch and telemetry inside its body.
+
+Exit status of ``batchwire serve``: 0 after SIGINT or SIGTERM; 1 when the server
+cannot start for a reason the operator can fix (a port in use, a missing or
+unreadable model repository, the server dependencies not installed), said in one
+line on stderr; 2 for an invalid option or environment variable value.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import gc
-import logging
-import signal
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from typer.core import TyperCommand
 
 from batchwire import __version__
+from batchwire.clients.cli import CONTEXT_SETTINGS, HelpCommand, HelpGroup
 
+if TYPE_CHECKING:
+    from batchwire.server.app import BatchwireServer
+
+#: ``batchwire serve`` exit status when the server cannot start (usage errors exit with 2).
+EXIT_STARTUP_FAILED = 1
+
+#: Modules of the ``server`` extra (pyproject.toml) that ``serve`` always imports. The
+#: base install is the client only; without these, serve says what to install.
+SERVER_DEPENDENCY_MODULES = (
+    "torch",
+    "opentelemetry.trace",
+    "opentelemetry.sdk",
+    "prometheus_client",
+)
+
+# Help goes through click's layout, not typer's rich panels, which cut option and
+# environment variable names to fit 80 columns; see "help layout" in clients/cli.py.
 app = typer.Typer(
     name="batchwire",
     help="gRPC inference server for PyTorch models (KServe v2 / Triton protocol).",
     no_args_is_help=True,
     add_completion=False,
+    cls=HelpGroup,
+    rich_markup_mode=None,
+    context_settings=CONTEXT_SETTINGS,
 )
-examples_app = typer.Typer(help="Built-in example models.", no_args_is_help=True)
+examples_app = typer.Typer(
+    help="Built-in example models.",
+    no_args_is_help=True,
+    cls=HelpGroup,
+    rich_markup_mode=None,
+    context_settings=CONTEXT_SETTINGS,
+)
 app.add_typer(examples_app, name="examples")
+
+
+class LogLevel(str, enum.Enum):
+    """The levels telemetry.logs maps Triton's log settings onto."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
 
 
 class LogFormat(str, enum.Enum):
@@ -43,6 +89,7 @@ class TraceExporter(str, enum.Enum):
 
 
 def _version(value: bool) -> None:
+    """``--version``: print the program's version and stop."""
     if value:
         typer.echo(f"batchwire {__version__}")
         raise typer.Exit()
@@ -51,10 +98,76 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print batchwire's version."
+        ),
     ] = False,
 ) -> None:
-    """batchwire command line."""
+    """gRPC inference server for PyTorch models (KServe v2 / Triton protocol)."""
+
+
+def integer_parser(expected: str, low: int, high: int | None = None) -> Callable[[str | int], int]:
+    """A typer ``parser``: an integer in [low, high], else a message saying what was expected.
+
+    Used instead of typer's ``min``/``max``, whose message in recent typer releases
+    ("Input should be less than or equal to 65535") leaves out the value given.
+    ``expected`` names the quantity: "a port number".
+    """
+    span = f"from {low} to {high}" if high is not None else f"of {low} or more"
+
+    def parse(text: str | int) -> int:
+        # Defaults come through here as ints, command-line and environment values as str.
+        try:
+            value = int(text)
+        except ValueError:
+            raise typer.BadParameter(f"expected {expected} {span}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise typer.BadParameter(f"expected {expected} {span}, got {value}")
+        return value
+
+    return parse
+
+
+def fraction(text: str | float) -> float:
+    """A typer ``parser``: a number from 0 to 1, else a message saying what was expected."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"expected a fraction from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise typer.BadParameter(f"expected a fraction from 0 to 1, got {value}")
+    return value
+
+
+def fail(line: str, code: int = EXIT_STARTUP_FAILED) -> NoReturn:
+    """End the command with ``line`` as the only thing on stderr."""
+    typer.echo(line, err=True)
+    raise typer.Exit(code)
+
+
+def require_server_dependencies(command: str, modules: Sequence[str]) -> None:
+    """Fail with one line naming the missing ones when ``modules`` are not all installed.
+
+    Looked up without being imported, so that every missing module is named at once and
+    a dependency that fails while importing keeps its traceback.
+    """
+    missing = [name for name in modules if _find_spec(name) is None]
+    if missing:
+        fail(
+            f"batchwire {command} needs the server dependencies: "
+            f"pip install 'batchwire[server]' (missing: {', '.join(missing)})"
+        )
+
+
+def _find_spec(name: str) -> object | None:
+    """importlib's find_spec, with a missing parent package counting as missing."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(name)
+    except ModuleNotFoundError:
+        return None
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
@@ -64,22 +177,35 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     configure(level, log_format)
 
 
-@app.command()
+@app.command(cls=HelpCommand, context_settings=CONTEXT_SETTINGS)
 def serve(
     model_repository: Annotated[
         Path | None,
         typer.Option(
             "--model-repository",
             envvar="BATCHWIRE_MODEL_REPOSITORY",
-            help="Triton-layout model repository; default: the built-in example models.",
+            help="Triton-layout model repository. Default: the built-in example models.",
         ),
     ] = None,
     host: Annotated[
-        str, typer.Option(envvar="BATCHWIRE_HOST", help="Address to bind.")
+        str, typer.Option(envvar="BATCHWIRE_HOST", help="Address to listen on.")
     ] = "0.0.0.0",
-    port: Annotated[int, typer.Option(envvar="BATCHWIRE_GRPC_PORT", help="gRPC port.")] = 8001,
+    port: Annotated[
+        int,
+        typer.Option(
+            envvar="BATCHWIRE_GRPC_PORT",
+            metavar="<port>",
+            parser=integer_parser("a port number", 0, 65535),
+            help="gRPC port, 0 to 65535; 0 picks a free one.",
+        ),
+    ] = 8001,
     max_message_mb: Annotated[
-        int, typer.Option(help="Largest gRPC message accepted or sent, in MiB (max 2047).")
+        int,
+        typer.Option(
+            metavar="<MiB>",
+            parser=integer_parser("a size in MiB", 1, 2047),
+            help="Largest gRPC message accepted or sent, in MiB: 1 to 2047.",
+        ),
     ] = 2047,
     allow_pickled_models: Annotated[
         bool,
@@ -88,38 +214,53 @@ def serve(
     intra_op_threads: Annotated[
         int | None,
         typer.Option(
-            help="torch intra-op threads per CPU model instance (default: one for short "
-            "batches, else the cores shared among the model's instances)."
+            metavar="<threads>",
+            parser=integer_parser("a thread count", 1),
+            help="torch intra-op threads per CPU model instance, 1 or more. Default: one for "
+            "short batches, else the cores shared among the model's instances.",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(envvar="BATCHWIRE_LOG_LEVEL")] = "info",
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            envvar="BATCHWIRE_LOG_LEVEL",
+            case_sensitive=False,
+            help="Least severe messages logged: debug (Triton's --log-verbose), info, "
+            "warning or error. The LogSettings RPC changes it while running.",
+        ),
+    ] = LogLevel.info,
     log_format: Annotated[
         LogFormat,
         typer.Option(
             envvar="BATCHWIRE_LOG_FORMAT",
-            help="text, or json (one object per line, with trace_id/span_id inside a span).",
+            case_sensitive=False,
+            help="text, or json: one object per line, with trace_id and span_id inside a span.",
         ),
     ] = LogFormat.text,
     metrics_port: Annotated[
         int,
         typer.Option(
             envvar="BATCHWIRE_METRICS_PORT",
-            help="Prometheus /metrics port on --host (0 disables it).",
+            metavar="<port>",
+            parser=integer_parser("a port number", 0, 65535),
+            help="Prometheus /metrics port on --host, 0 to 65535; 0 turns the endpoint off.",
         ),
     ] = 8002,
     trace_mode: Annotated[
         TraceMode | None,
         typer.Option(
             help="Tracing: off, ratio (--trace-rate of requests) or always; requests with a "
-            "sampled traceparent are traced unless off. Default: OTEL_TRACES_SAMPLER, else off.",
+            "sampled traceparent are traced unless off. Default: OTEL_TRACES_SAMPLER, "
+            "else off.",
         ),
     ] = None,
     trace_rate: Annotated[
         float | None,
         typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Fraction traced in ratio mode. Default: OTEL_TRACES_SAMPLER_ARG, else 0.1.",
+            metavar="<fraction>",
+            parser=fraction,
+            help="Fraction traced in ratio mode, 0 to 1. Default: OTEL_TRACES_SAMPLER_ARG, "
+            "else 0.1.",
         ),
     ] = None,
     trace_exporter: Annotated[
@@ -129,16 +270,22 @@ def serve(
     trace_endpoint: Annotated[
         str | None,
         typer.Option(
-            help="Collector address (host:port or URL). Default: OTEL_EXPORTER_OTLP_ENDPOINT, "
-            "else the exporter's (localhost:4317 gRPC, localhost:4318 HTTP).",
+            help="Collector address, host:port or URL. Default: OTEL_EXPORTER_OTLP_ENDPOINT, "
+            "else the exporter's own (localhost:4317 for gRPC, localhost:4318 for HTTP).",
         ),
     ] = None,
 ) -> None:
-    """Serve a model repository (the built-in examples when none is given)."""
-    from batchwire.server.app import BatchwireServer, new_event_loop
+    """Serve a model repository (the built-in examples when none is given).
+
+    Exit status: 0 after SIGINT or SIGTERM; 1 when the server cannot start (a port in
+    use, a missing or unreadable repository, no server dependencies), said in one line
+    on stderr; 2 for an invalid option value.
+    """
+    require_server_dependencies("serve", SERVER_DEPENDENCY_MODULES)
+    from batchwire.server.app import BatchwireServer, StartupError, new_event_loop
     from batchwire.server.settings import ServerSettings
 
-    configure_logging(log_level, log_format.value)
+    configure_logging(log_level.value, log_format.value)
     settings = ServerSettings(
         host=host,
         port=port,
@@ -147,29 +294,47 @@ def serve(
         allow_pickled_models=allow_pickled_models,
         intra_op_threads=intra_op_threads,
         metrics_port=metrics_port,
+        # An operator who asked for metrics on a port is told it is taken, not left
+        # without them behind one log line.
+        metrics_required=True,
         trace_mode=trace_mode.value if trace_mode is not None else None,
         trace_rate=trace_rate,
         trace_exporter=trace_exporter.value if trace_exporter is not None else None,
         trace_endpoint=trace_endpoint,
     )
     server = BatchwireServer(settings)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await server.start()
-        freeze_startup_objects()
-        await stop.wait()
-        logging.getLogger("batchwire").info("shutting down")
-        await server.stop()
-
     loop = new_event_loop()
     try:
-        loop.run_until_complete(run())
+        loop.run_until_complete(serve_until_signalled(server))
+    except StartupError as exc:
+        fail(f"batchwire: {exc}")
     finally:
         loop.close()
+
+
+async def serve_until_signalled(server: BatchwireServer) -> None:
+    """Start ``server``, serve until SIGINT or SIGTERM, then stop it gracefully.
+
+    A failed start still stops the server: start() may have bound a port, started the
+    metrics endpoint or exported the examples into a temporary folder before failing.
+    """
+    import asyncio
+    import logging
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop(grace=0)
+        raise
+    freeze_startup_objects()
+    await stop.wait()
+    logging.getLogger("batchwire").info("shutting down")
+    await server.stop()
 
 
 def freeze_startup_objects() -> None:
@@ -185,7 +350,7 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-@examples_app.command("export")
+@examples_app.command("export", cls=HelpCommand, context_settings=CONTEXT_SETTINGS)
 def export(
     dest: Annotated[Path, typer.Argument(help="Folder to write the repository into.")],
     model: Annotated[
@@ -193,6 +358,7 @@ def export(
     ] = None,
 ) -> None:
     """Write the built-in example models as a Triton-layout model repository."""
+    require_server_dependencies("examples export", ("torch",))
     from batchwire.examples.export import EXAMPLE_NAMES, export_examples
 
     unknown = sorted(set(model or ()) - set(EXAMPLE_NAMES))
@@ -212,6 +378,12 @@ def _register_optional_commands() -> None:
 
     register_client(app)
     register_loadtest(app)
+    # Commands registered by other modules get the same help layout and width as ours,
+    # unless they chose a command class of their own.
+    for info in app.registered_commands:
+        if info.cls in (None, TyperCommand):
+            info.cls = HelpCommand
+        info.context_settings = {**CONTEXT_SETTINGS, **(info.context_settings or {})}
 
 
 _register_optional_commands()

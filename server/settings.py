@@ -29,6 +29,10 @@ class ServerSettings:
     server_name: str = "batchwire"
     #: Prometheus /metrics port on ``host``; 0 disables the endpoint.
     metrics_port: int = 0
+    #: When the metrics port cannot be bound: True stops start-up with a StartupError
+    #: (``batchwire serve`` sets it); False logs an error and serves without the endpoint
+    #: (for a program embedding the server that would rather keep inference up).
+    metrics_required: bool = False
     #: Tracing: "off" | "ratio" | "always"; None follows OTEL_TRACES_SAMPLER (default off).
     trace_mode: str | None = None
     #: Fraction of requests without a sampled parent traced in "ratio" mode

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -54,9 +55,18 @@ def wait_ready(
 
 
 def test_serve_with_no_flags_answers_tritonclient_and_stops_on_sigterm() -> None:
-    """The README's serve command: built-in examples, tritonclient answers within a minute."""
-    port = free_port()
-    env = {**os.environ, "BATCHWIRE_GRPC_PORT": str(port), "BATCHWIRE_HOST": "127.0.0.1"}
+    """The README's serve command: built-in examples, tritonclient answers within a minute.
+
+    Ports come from the environment: a taken metrics port now stops the server, and
+    8002 may be in use where the tests run.
+    """
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "BATCHWIRE_GRPC_PORT": str(port),
+        "BATCHWIRE_METRICS_PORT": str(metrics_port),
+        "BATCHWIRE_HOST": "127.0.0.1",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchwire", "serve"],
         env=env,
@@ -75,6 +85,8 @@ def test_serve_with_no_flags_answers_tritonclient_and_stops_on_sigterm() -> None
             "cnn",
             "text",
         }
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            assert b"nv_inference_request_success" in r.read()
     finally:
         client.close()
         proc.send_signal(signal.SIGTERM)
