@@ -20,7 +20,7 @@ def loadtest(
         str | None,
         typer.Option(
             help="Server to load, host:port on this machine (127.0.0.0/8, ::1, localhost). "
-            "Default: start one on the built-in example models.",
+            "Default: start one (on --model-repository, else the built-in example models).",
         ),
     ] = None,
     slo: Annotated[
@@ -42,13 +42,13 @@ def loadtest(
         ),
     ] = None,
     models: Annotated[
-        str,
+        str | None,
         typer.Option(
             envvar="BATCHWIRE_LOADTEST_MODELS",
-            help="Example models to load, comma separated, optional weights (mlp:3,text:1). "
-            "Known: mlp, cnn, text, null.",
+            help="Served models to load, comma separated, optional weights (mlp:3,scaler:1). "
+            "Default: mlp,text, or with --model-repository every model it serves.",
         ),
-    ] = "mlp,text",
+    ] = None,
     mode: Annotated[
         str,
         typer.Option(
@@ -73,12 +73,47 @@ def loadtest(
     timeout: Annotated[
         float, typer.Option(help="Seconds before a request counts as failed.")
     ] = 10.0,
+    model_repository: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model repository for the server this command starts (not with --host).",
+        ),
+    ] = None,
+    shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shape",
+            help="NAME:d1,d2,... dims of input NAME without the batch dimension "
+            "(perf_analyzer's --shape); required for variable (-1) dims. Repeatable.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Rows per request for batching models (max_batch_size > 0). "
+            "Default: 1 (the examples: 1..4 at random).",
+        ),
+    ] = None,
+    input_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-data",
+            help="[MODEL=]FILE: real inputs instead of random ones; .npz (one array per "
+            "input, as sent) or perf_analyzer's JSON. MODEL= is needed when loading several "
+            "models. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Load the server with Locust over gRPC, check the latency targets, write a report.
 
+    Any served model can be loaded: its requests are generated from its
+    metadata and config (random data, --shape for variable dims, --batch-size)
+    or read from --input-data, as Triton's perf_analyzer does.
+
     Exit code 0 when every target is met, 1 when one is missed (each printed as
-    FAIL with the measured value), 2 for bad options or SLO file (nothing is
-    started), 3 when the run itself failed.
+    FAIL with the measured value), 2 for bad options or SLO file (found before
+    any load is sent), 3 when the run itself failed.
     """
     from batchwire.loadtest.runner import (
         EXIT_RUN_ERROR,
@@ -103,6 +138,10 @@ def loadtest(
         workers=workers,
         metrics_url=metrics_url,
         timeout=timeout,
+        model_repository=model_repository,
+        shapes=list(shape or ()),
+        batch_size=batch_size,
+        input_data=list(input_data or ()),
     )
     try:
         validated = plan(options)
@@ -114,6 +153,10 @@ def loadtest(
         raise typer.Exit(EXIT_USAGE)
     try:
         outcome = run(options, validated)
+    except UsageError as exc:
+        # Found once the server answered (the models' metadata): still before any load.
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
     except LoadTestError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_RUN_ERROR) from None

@@ -35,6 +35,8 @@ from batchwire.loadtest.workloads import (
     next_request_id,
     parse_weighted_models,
     pick,
+    read_workloads,
+    resolve_workloads,
 )
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
@@ -211,14 +213,29 @@ class StreamTransport:
             self._reader.join(timeout=2)
 
 
+def load_workloads(path: str) -> dict[str, list[pb.ModelInferRequest]]:
+    """The pools of a workloads file (``batchwire loadtest`` writes one), read once per process."""
+    pools = _workload_files.get(path)
+    if pools is None:
+        pools = _workload_files[path] = read_workloads(path)
+    return pools
+
+
+_workload_files: dict[str, dict[str, list[pb.ModelInferRequest]]] = {}
+
+
 class BatchwireUser(User):
-    """Sends pre-encoded inference requests for the chosen example models.
+    """Sends pre-encoded inference requests for the chosen models.
 
     Options (Locust custom arguments, see ``batchwire/loadtest/locustfile.py``,
     or the environment when run outside of Locust's parser):
     ``--batchwire-models`` / ``BATCHWIRE_LOADTEST_MODELS`` ("mlp,text", optionally
     weighted "mlp:3,text:1"), ``--batchwire-mode`` / ``BATCHWIRE_LOADTEST_MODE``
-    (unary | stream), ``--batchwire-timeout`` (seconds per request).
+    (unary | stream), ``--batchwire-timeout`` (seconds per request),
+    ``--batchwire-workloads`` / ``BATCHWIRE_LOADTEST_WORKLOADS`` (the requests
+    ``batchwire loadtest`` prepared; without it the examples use their
+    hand-made workloads and any other model gets random inputs generated from
+    its metadata, which needs no ``--shape``).
     The host is ``127.0.0.1:8001`` style (``grpc://`` accepted), loopback only.
     """
 
@@ -239,11 +256,14 @@ class BatchwireUser(User):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected unary or stream")
         timeout = float(getattr(options, "batchwire_timeout", None) or 10.0)
+        self._workloads_file = getattr(options, "batchwire_workloads", None) or os.environ.get(
+            "BATCHWIRE_LOADTEST_WORKLOADS", ""
+        )
         self.weights = parse_weighted_models(models)
         self._models = list(self.weights)
         self._cum_weights = list(itertools.accumulate(self.weights.values()))
-        self._pools = {model: self.pool(model) for model in self._models}
         self.target = normalize_target(self.host or "127.0.0.1:8001")
+        self._pools = {model: self.pool(model) for model in self._models}
         self.channel = grpc.insecure_channel(
             self.target,
             options=[
@@ -256,12 +276,24 @@ class BatchwireUser(User):
         self.transport = transport(stub, environment.events.request.fire, timeout)
         self._id_prefix = f"{os.getpid()}-{id(self):x}"
 
-    @classmethod
-    def pool(cls, model: str) -> list[pb.ModelInferRequest]:
-        """The pre-encoded requests for ``model``, built once per process."""
-        pool = cls._shared_pools.get(model)
+    def pool(self, model: str) -> list[pb.ModelInferRequest]:
+        """The pre-encoded requests for ``model``, read or built once per process."""
+        if self._workloads_file:
+            pools = load_workloads(self._workloads_file)
+            if model not in pools:
+                raise ValueError(
+                    f"model '{model}' is not in {self._workloads_file} "
+                    f"(it has {', '.join(pools) or 'none'})"
+                )
+            return pools[model]
+        pool = self._shared_pools.get(model)
         if pool is None:
-            pool = cls._shared_pools[model] = WORKLOADS[model].build_pool(seed=os.getpid())
+            if model in WORKLOADS:
+                workload = WORKLOADS[model]
+            else:
+                # Locust on its own (web UI): ask the server what the model takes.
+                workload = resolve_workloads(self.target, [model])[model]
+            pool = self._shared_pools[model] = workload.build_pool(seed=os.getpid())
         return pool
 
     @task

@@ -7,6 +7,11 @@ workers); it also works on its own with Locust's web UI. Custom arguments
 --batchwire-models   BATCHWIRE_LOADTEST_MODELS  models to load, "mlp,text" or "mlp:3,text:1"
 --batchwire-mode     BATCHWIRE_LOADTEST_MODE    unary (ModelInfer) | stream (ModelStreamInfer)
 --batchwire-timeout  BATCHWIRE_LOADTEST_TIMEOUT seconds before a request counts as failed
+--batchwire-workloads BATCHWIRE_LOADTEST_WORKLOADS
+                     the workloads.json that ``batchwire loadtest`` writes in
+                     its --out folder: every model's pre-encoded requests
+                     (without it: hand-made requests for the examples, random
+                     ones from the metadata for any other model)
 --batchwire-latency-file BATCHWIRE_LOADTEST_LATENCY_FILE
                      where the master (or the single process) writes the
                      sub-millisecond latency histograms (see latency.py)
@@ -26,7 +31,7 @@ import gevent
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
-from batchwire.loadtest.grpc_user import MODES, BatchwireUser, status_of
+from batchwire.loadtest.grpc_user import MODES, BatchwireUser, load_workloads, status_of
 from batchwire.loadtest.hosts import NotLoopbackError, normalize_target
 from batchwire.loadtest.latency import LatencyRecorder
 from batchwire.loadtest.workloads import parse_weighted_models
@@ -47,7 +52,14 @@ def _add_arguments(parser: Any) -> None:
         type=str,
         env_var="BATCHWIRE_LOADTEST_MODELS",
         default="mlp,text",
-        help="Example models to load, comma separated, optional weights: mlp:3,text:1",
+        help="Models to load, comma separated, optional weights: mlp:3,text:1",
+    )
+    group.add_argument(
+        "--batchwire-workloads",
+        type=str,
+        env_var="BATCHWIRE_LOADTEST_WORKLOADS",
+        default="",
+        help="workloads.json written by batchwire loadtest (the requests to send)",
     )
     group.add_argument(
         "--batchwire-mode",
@@ -79,8 +91,16 @@ def _check_options(environment: Any, **_: Any) -> None:
     if options is None or isinstance(environment.runner, WorkerRunner):
         return  # workers get the master's options with their first spawn message
     try:
-        parse_weighted_models(options.batchwire_models)
+        models = parse_weighted_models(options.batchwire_models)
         normalize_target(environment.host or "127.0.0.1:8001")
+        if options.batchwire_workloads:
+            pools = load_workloads(options.batchwire_workloads)
+            missing = [model for model in models if model not in pools]
+            if missing:
+                raise ValueError(
+                    f"model(s) {', '.join(missing)} not in {options.batchwire_workloads} "
+                    f"(it has {', '.join(pools) or 'none'})"
+                )
     except (NotLoopbackError, ValueError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from exc
@@ -186,4 +206,7 @@ def _write_final_locust_csv(environment: Any, **_: Any) -> None:
 
 
 class ExampleModelsUser(BatchwireUser):
-    """Loads the example models chosen by ``--batchwire-models`` (unary or stream)."""
+    """Loads the models chosen by ``--batchwire-models`` (unary or stream).
+
+    (The name is historical: any served model can be loaded.)
+    """

@@ -5,7 +5,11 @@ a subprocess so that Locust's gevent monkey-patching never meets the server's
 asyncio and gRPC), Locust itself (standalone, or ``--master`` plus K
 ``--worker`` processes), and a metrics sampler thread in this process.
 Nothing is sent before the options and the SLO file are validated, and only
-loopback targets are accepted.
+loopback targets are accepted. Each model's requests are built from the
+server's metadata once it answers (:mod:`batchwire.loadtest.workloads`); a
+problem found there (a model that is not served, a missing ``--shape``, an
+``--input-data`` file that does not fit) is a usage error too, raised before
+any inference request is sent.
 """
 
 from __future__ import annotations
@@ -20,15 +24,28 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchwire.loadtest.hosts import normalize_target
+from batchwire.loadtest.inputs import InputSpecError, parse_shapes
 from batchwire.loadtest.latency import LatencyRecorder
 from batchwire.loadtest.metrics import MetricsSampler, ServerView, check_metrics_url
 from batchwire.loadtest.slo import Evaluation, SLOSpec, evaluate, load_slo
-from batchwire.loadtest.workloads import WORKLOADS, parse_weighted_models
+from batchwire.loadtest.workloads import (
+    WORKLOADS_FILE,
+    ModelNotServedError,
+    ServerQueryError,
+    Workload,
+    WorkloadOptions,
+    check_input_data_models,
+    parse_input_data_options,
+    parse_weighted_models,
+    resolve_workloads,
+    write_workloads,
+)
+from batchwire.protos import grpc_service_pb2 as pb
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LATENCY_FILE = "latency.json"
@@ -87,18 +104,29 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 @dataclass
 class LoadTestOptions:
+    """The options of ``batchwire loadtest`` (see :mod:`batchwire.loadtest.cli`)."""
+
     host: str | None = None
     slo: Path | None = None
     users: int = 4
     spawn_rate: float = 4.0
     duration: str = "30s"
     warmup: str | None = None  # None: the ramp-up time
-    models: str = "mlp,text"
+    #: None: mlp,text; with model_repository, every model it serves.
+    models: str | None = None
     mode: str = "unary"
     out: Path = Path("loadtest-report")
     workers: int = 0
     metrics_url: str | None = None
     timeout: float = 10.0
+    #: Repository for the server the command starts (None: the built-in examples).
+    model_repository: Path | None = None
+    #: perf_analyzer's --shape NAME:d1,d2,... (batch dimension left out).
+    shapes: list[str] = field(default_factory=list)
+    #: Rows per request for batching models (None: 1; the examples: 1..4 at random).
+    batch_size: int | None = None
+    #: --input-data [MODEL=]FILE: .npz or perf_analyzer JSON.
+    input_data: list[str] = field(default_factory=list)
     server_start_timeout: float = 180.0
     log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr))
 
@@ -109,20 +137,49 @@ class Plan:
 
     options: LoadTestOptions
     spec: SLOSpec
+    #: The models named (empty: every model the server has ready).
     models: list[str]
     model_arg: str
     target: str | None
     duration_s: int
     warmup_s: float
     metrics_url: str | None
+    workload_options: WorkloadOptions = field(default_factory=WorkloadOptions)
 
 
 def plan(options: LoadTestOptions) -> Plan:
-    """Validate every option and the SLO file; raises UsageError naming each problem."""
+    """Validate every option and the SLO file; raises UsageError naming each problem.
+
+    What needs the model's metadata (shapes, input data against the inputs)
+    is checked once the server answers, by :func:`run`.
+    """
+    if options.models is None and options.model_repository is not None:
+        weights: dict[str, int] = {}  # every model of the repository
+    else:
+        try:
+            weights = parse_weighted_models(options.models)
+        except ValueError as exc:
+            raise UsageError(f"--models: {exc}") from exc
+    if options.model_repository is not None:
+        if options.host is not None:
+            raise UsageError(
+                "--model-repository is for the server this command starts; with --host the "
+                "server is already running"
+            )
+        if not options.model_repository.is_dir():
+            raise UsageError(f"--model-repository {options.model_repository}: no such folder")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {options.batch_size}")
     try:
-        weights = parse_weighted_models(options.models)
-    except ValueError as exc:
-        raise UsageError(f"--models: {exc}") from exc
+        workload_options = WorkloadOptions(
+            shapes=parse_shapes(options.shapes),
+            batch_size=options.batch_size,
+            input_data=parse_input_data_options(options.input_data),
+        )
+        if weights:  # else every model of the repository: known once the server answers
+            check_input_data_models(workload_options, list(weights))
+    except InputSpecError as exc:
+        raise UsageError(str(exc)) from exc
     if options.mode not in ("unary", "stream"):
         raise UsageError(f"--mode must be unary or stream, got {options.mode!r}")
     if options.users < 1:
@@ -161,13 +218,26 @@ def plan(options: LoadTestOptions) -> Plan:
         except ValueError as exc:
             raise UsageError(f"--metrics-url: {exc}") from exc
     try:
-        spec = load_slo(options.slo, known_models=set(WORKLOADS))
+        # Any served model can be loaded, so the file may name any model; those not
+        # in this run are reported as SKIP.
+        spec = load_slo(options.slo)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    model_arg = ",".join(
-        f"{name}:{weight}" if weight != 1 else name for name, weight in weights.items()
+    return Plan(
+        options,
+        spec,
+        list(weights),
+        _model_arg(weights),
+        target,
+        int(duration),
+        warmup,
+        metrics_url,
+        workload_options,
     )
-    return Plan(options, spec, list(weights), model_arg, target, int(duration), warmup, metrics_url)
+
+
+def _model_arg(weights: dict[str, int]) -> str:
+    return ",".join(f"{name}:{weight}" if weight != 1 else name for name, weight in weights.items())
 
 
 # Server --------------------------------------------------------------------
@@ -192,11 +262,14 @@ def _serve_metrics_option() -> str | None:
 class ManagedServer:
     """``python -m batchwire serve`` on 127.0.0.1 and a free port, in a subprocess."""
 
-    def __init__(self, log_path: Path, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, log_path: Path, log: Callable[[str], None], model_repository: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_url: str | None = None
         self.log_path = log_path
+        self.model_repository = model_repository
         self._log = log
         self.process: subprocess.Popen | None = None
 
@@ -211,6 +284,8 @@ class ManagedServer:
             "--port",
             str(self.port),
         ]
+        if self.model_repository is not None:
+            command += ["--model-repository", str(self.model_repository.resolve())]
         metrics_option = _serve_metrics_option()
         if metrics_option:
             metrics_port = free_port()
@@ -252,17 +327,49 @@ def wait_until_ready(target: str, timeout: float, process: subprocess.Popen | No
         raise LoadTestError(str(exc)) from None
 
 
-def warm_up(target: str, models: Sequence[str], per_model: int = 8, timeout: float = 60.0) -> None:
-    """Send a few requests per model (first-call costs), and fail early when a model is not served."""
+def prepare_workloads(
+    target: str, plan_: Plan, out: Path, log: Callable[[str], None]
+) -> tuple[dict[str, Workload], dict[str, list[pb.ModelInferRequest]]]:
+    """Each model's workload and request pool, from the server's metadata; written to ``out``.
+
+    UsageError for what the options got wrong (a model that is not served, a
+    missing --shape, an --input-data file that does not fit the model),
+    LoadTestError when the server does not answer or a model is not ready.
+    """
+    try:
+        workloads = resolve_workloads(target, plan_.models, plan_.workload_options)
+        pools = {model: workload.build_pool(seed=0) for model, workload in workloads.items()}
+    except ModelNotServedError as exc:
+        raise UsageError(f"--models: {exc}") from exc
+    except InputSpecError as exc:
+        raise UsageError(str(exc)) from exc
+    except ServerQueryError as exc:
+        raise LoadTestError(str(exc)) from exc
+    for model, workload in workloads.items():
+        log(f"workload {model}: {workload.description} ({len(pools[model])} requests)")
+    write_workloads(out, workloads, pools)
+    return workloads, pools
+
+
+def warm_up(
+    target: str,
+    pools: dict[str, list[pb.ModelInferRequest]],
+    per_model: int = 8,
+    timeout: float = 60.0,
+) -> None:
+    """Send a few requests per model (first-call costs), and fail early when one fails."""
     import grpc
 
-    from batchwire.loadtest.workloads import pick
+    from batchwire.loadtest.workloads import MAX_REQUEST_BYTES, pick
     from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    limits = [
+        ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ]
+    with grpc.insecure_channel(target, options=limits) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        for model in models:
-            pool = WORKLOADS[model].build_pool(seed=1, size=per_model)
+        for model, pool in pools.items():
             for index in range(per_model):
                 try:
                     stub.ModelInfer(pick(pool, f"warmup-{index}"), timeout=timeout)
@@ -276,13 +383,20 @@ def warm_up(target: str, models: Sequence[str], per_model: int = 8, timeout: flo
 # Locust ----------------------------------------------------------------------
 
 
-def locust_commands(plan_: Plan, target: str, out: Path) -> tuple[list[str], list[list[str]]]:
-    """The Locust command lines: (standalone or master, workers)."""
+def locust_commands(
+    plan_: Plan, target: str, out: Path, model_arg: str | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """The Locust command lines: (standalone or master, workers).
+
+    ``model_arg``: the models and weights (default: the plan's); the requests
+    are those :func:`prepare_workloads` wrote to ``out``.
+    """
     options = plan_.options
     custom = [
-        "--batchwire-models", plan_.model_arg,
+        "--batchwire-models", model_arg or plan_.model_arg,
         "--batchwire-mode", options.mode,
         "--batchwire-timeout", f"{options.timeout:g}",
+        "--batchwire-workloads", str(out / WORKLOADS_FILE),
     ]  # fmt: skip
     base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
     stop_timeout = max(2, math.ceil(min(options.timeout, 10.0)))
@@ -332,13 +446,16 @@ def _child_env() -> dict[str, str]:
         "BATCHWIRE_LOADTEST_MODELS",
         "BATCHWIRE_LOADTEST_MODE",
         "BATCHWIRE_LOADTEST_LATENCY_FILE",
+        "BATCHWIRE_LOADTEST_WORKLOADS",
     ):
         env.pop(key, None)
     return env
 
 
-def run_locust(plan_: Plan, target: str, out: Path, log: Callable[[str], None]) -> None:
-    main_cmd, worker_cmds = locust_commands(plan_, target, out)
+def run_locust(
+    plan_: Plan, target: str, out: Path, log: Callable[[str], None], model_arg: str | None = None
+) -> None:
+    main_cmd, worker_cmds = locust_commands(plan_, target, out, model_arg)
     env = _child_env()
     processes: list[tuple[str, subprocess.Popen, Path]] = []
     handles = []
@@ -416,14 +533,15 @@ def run(options: LoadTestOptions, plan_: Plan | None = None) -> Outcome:
     log = options.log
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (LATENCY_FILE, "report.html", "slo_results.json"):
+    for stale in (LATENCY_FILE, "report.html", "slo_results.json", WORKLOADS_FILE):
         (out / stale).unlink(missing_ok=True)
     server: ManagedServer | None = None
     sampler: MetricsSampler | None = None
     started = time.time()
     try:
         if plan_.target is None:
-            server = ManagedServer(out / "server.log", log).start(options.server_start_timeout)
+            server = ManagedServer(out / "server.log", log, options.model_repository)
+            server.start(options.server_start_timeout)
             target, origin = (
                 server.target,
                 "started by batchwire loadtest (python -m batchwire serve)",
@@ -432,10 +550,14 @@ def run(options: LoadTestOptions, plan_: Plan | None = None) -> Outcome:
             target, origin = plan_.target, "given with --host"
             wait_until_ready(target, 10.0)
         metrics_url = plan_.metrics_url or (server.metrics_url if server else None)
-        log(f"server ready at {target}; warming up {', '.join(plan_.models)}")
-        warm_up(target, plan_.models)
+        log(f"server ready at {target}; reading the models' metadata")
+        workloads, pools = prepare_workloads(target, plan_, out, log)
+        models = list(workloads)
+        model_arg = plan_.model_arg or _model_arg(dict.fromkeys(models, 1))
+        log(f"warming up {', '.join(models)}")
+        warm_up(target, pools)
         sampler = MetricsSampler(metrics_url).start()
-        run_locust(plan_, target, out, log)
+        run_locust(plan_, target, out, log, model_arg)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -449,15 +571,13 @@ def run(options: LoadTestOptions, plan_: Plan | None = None) -> Outcome:
     stop = recorder.stop_time or time.time()
     since = math.ceil(start + plan_.warmup_s) if plan_.warmup_s else start
     window_start = max(since, start)
-    evaluation = evaluate(
-        plan_.spec, recorder, plan_.models, window_start=window_start, window_end=stop
-    )
+    evaluation = evaluate(plan_.spec, recorder, models, window_start=window_start, window_end=stop)
     server_view = sampler.summary() if sampler is not None else ServerView(False, "not sampled")
     from batchwire.loadtest.report import RunInfo, write_report
 
     info = RunInfo(
         target=target,
-        models=plan_.models,
+        models=models,
         mode=options.mode,
         users=options.users,
         spawn_rate=options.spawn_rate,
@@ -467,6 +587,7 @@ def run(options: LoadTestOptions, plan_: Plan | None = None) -> Outcome:
         slo_source=plan_.spec.source,
         server=origin,
         command=shlex.join(sys.argv),
+        extra={f"workload {model}": workload.description for model, workload in workloads.items()},
     )
     report = write_report(
         out,

@@ -19,6 +19,7 @@ from loadtest_helpers import (
     run_loadtest,
     write_slo,
 )
+from testsupport import require_component
 
 # find_spec, not importorskip: importing locust monkey-patches this whole test process
 # with gevent, which breaks every gRPC server the other tests start.
@@ -163,8 +164,10 @@ def test_the_report_renders_in_headless_chromium(
     passing_run: CommandResult, tmp_path: Path
 ) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (scripts/install-system-deps.sh installs it)")
+    require_component(
+        browser is not None,
+        "chromium is not installed (scripts/install-system-deps.sh installs it)",
+    )
     report = passing_run.out / "report.html"
     assert report.is_file(), passing_run.output
     flags = [

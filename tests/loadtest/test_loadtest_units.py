@@ -69,10 +69,14 @@ def test_models_and_weights() -> None:
     assert parse_weighted_models("mlp, text") == {"mlp": 1, "text": 1}
     assert parse_weighted_models("mlp:3,cnn") == {"mlp": 3, "cnn": 1}
     assert parse_weighted_models("") == {"mlp": 1, "text": 1}
-    with pytest.raises(ValueError, match="unknown model 'resnet'"):
-        parse_weighted_models("mlp,resnet")
+    # Any name: whether the server serves it is asked of the server (test_loadtest_any_model).
+    assert parse_weighted_models("mlp,resnet:2") == {"mlp": 1, "resnet": 2}
     with pytest.raises(ValueError, match="positive integer"):
         parse_weighted_models("mlp:0")
+    with pytest.raises(ValueError, match="model 'mlp' is listed twice"):
+        parse_weighted_models("mlp,mlp:2")
+    with pytest.raises(ValueError, match="no model name in ':3'"):
+        parse_weighted_models("mlp,:3")
 
 
 def test_workloads_are_realistic_and_varied() -> None:
@@ -324,7 +328,8 @@ def test_register_adds_the_loadtest_command(tmp_path: Path) -> None:
     runner = CliRunner()
     help_text = runner.invoke(app, ["loadtest", "--help"], terminal_width=200).output
     for option in ("--host", "--slo", "--users", "--spawn-rate", "--duration", "--models",
-                   "--mode", "--out", "--workers", "--metrics-url"):  # fmt: skip
+                   "--mode", "--out", "--workers", "--metrics-url", "--model-repository",
+                   "--shape", "--batch-size", "--input-data"):  # fmt: skip
         assert option in help_text
     slo = tmp_path / "slo.toml"
     slo.write_text("version = 1\n[models.mlp]\np99_ms = -3\n")
