@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from testsupport import free_port, start_server
+from testsupport import free_port, require_component, start_server
 
 from batchwire.clients import InferenceClient
 
@@ -20,10 +20,13 @@ PROMETHEUS = shutil.which("prometheus") or (
     "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
 )
 
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="the prometheus binary is not installed (scripts/install-system-deps.sh installs it)",
-)
+
+@pytest.fixture(autouse=True)
+def _needs_prometheus() -> None:
+    require_component(
+        PROMETHEUS is not None,
+        "the prometheus binary is not installed (scripts/install-system-deps.sh installs it)",
+    )
 
 
 def _get(url: str) -> dict:
