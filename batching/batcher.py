@@ -58,12 +58,12 @@ from batchwire.batching.executor import Executor, Instance, Job
 from batchwire.batching.placement import Placement
 from batchwire.batching.policy import DispatchPolicy
 from batchwire.batching.queue import DONE, QUEUED, TAKEN, Entry, RequestQueue
-from batchwire.core.errors import CancelledError as RequestCancelledError
 from batchwire.core.errors import (
     InferenceError,
     ModelExecutionError,
     ModelLoadError,
     ModelNotReadyError,
+    RequestCancelledError,
     ServerShuttingDownError,
 )
 from batchwire.core.model import Model
@@ -93,7 +93,7 @@ class ModelBatcher:
     ``batch_executed(record)`` once per runner call, failed ones included (a batch
     retried by halves yields a record per attempt); ``request_finished(request, error)``
     exactly once per :meth:`submit` call, refusals at submit and cancellations
-    (``core.errors.CancelledError``) included.
+    (``core.errors.RequestCancelledError``) included.
     """
 
     def __init__(

@@ -77,8 +77,8 @@ class DeadlineExceededError(InferenceError):
     reason = "deadline_exceeded"
 
 
-class CancelledError(InferenceError):
-    """The caller cancelled the request."""
+class RequestCancelledError(InferenceError):
+    """The caller cancelled the request (named apart from ``asyncio.CancelledError``)."""
 
     code = StatusCode.CANCELLED
     reason = "cancelled"

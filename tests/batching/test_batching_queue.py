@@ -22,11 +22,11 @@ from batching_testkit import (
 )
 
 from batchwire.core.errors import (
-    CancelledError,
     DeadlineExceededError,
     InvalidInputError,
     QueueFullError,
     QueueTimeoutError,
+    RequestCancelledError,
 )
 from batchwire.core.spec import QueuePolicy, TimeoutAction
 
@@ -236,7 +236,7 @@ def test_cancelled_submit_is_withdrawn_from_the_queue():
         await asyncio.gather(held, keeper)
         assert model.tag_batches == [[0.0], [2.0]]
         cancelled = [e for r, e in obs.finished if r.id == "1.0"]
-        assert len(cancelled) == 1 and isinstance(cancelled[0], CancelledError)
+        assert len(cancelled) == 1 and isinstance(cancelled[0], RequestCancelledError)
         assert len(obs.finished) == 3
         await b.stop()
 
@@ -260,7 +260,7 @@ def test_a_lone_request_cancelled_before_its_pass_never_runs():
         assert b.in_flight == 0 and b.queue_depth == 0
         assert model.calls == []
         [(request, error)] = obs.finished
-        assert request.id == "1.0" and isinstance(error, CancelledError)
+        assert request.id == "1.0" and isinstance(error, RequestCancelledError)
         assert (await b.submit(req(2.0))).outputs["OUTPUT0"][0, 0] == 4.0
         await b.stop()
 
@@ -280,7 +280,7 @@ def test_cancelled_while_running_drops_the_result():
         # the model still finishes the batch; its result goes nowhere, nothing breaks
         assert (await b.submit(req(1.0))).outputs["OUTPUT0"][0, 0] == 2.0
         assert len(obs.finished) == 2
-        assert isinstance(obs.finished[0][1], CancelledError)
+        assert isinstance(obs.finished[0][1], RequestCancelledError)
         await b.stop()
 
     run(main())
