@@ -41,10 +41,11 @@ export PATH="$PWD/.venv/bin:$PATH"
 export BATCHWIRE_PERF_ANALYZER="${BATCHWIRE_PERF_ANALYZER:-$PWD/.venv-perf/perf_analyzer}"
 export BATCHWIRE_CLIENT_PYTHON="$PWD/.venv-client/bin/python"
 export BATCHWIRE_TRITONCLIENT_PYTHON="$PWD/.venv-tritonclient/bin/python"
+# The short protobuf 7 leg first, so that the whole suite's summary closes the output.
+bash scripts/test-protobuf7.sh
+leg "the protobuf 7 leg"
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest "$@"
 leg "lint and the whole suite on protobuf $(.venv/bin/python -c 'import google.protobuf as p; print(p.__version__)')"
-
-bash scripts/test-protobuf7.sh
-leg "the protobuf 7 leg"
