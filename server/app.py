@@ -15,6 +15,7 @@ import socket
 import stat
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,10 +29,13 @@ from batchwire.server.registry import ModelRegistry
 from batchwire.server.repository import ModelRepository
 from batchwire.server.servicer import InferenceServicer
 from batchwire.server.settings import ServerSettings
+from batchwire.server.stages import STAGES
 from batchwire.telemetry import Telemetry, TraceConfig
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from batchwire.server.pipeline import StageFactory
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +117,7 @@ class GenericHandlersOnly:
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
 
-    def add_generic_rpc_handlers(self, handlers) -> None:  # type: ignore[no-untyped-def]
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(self, service: str, handlers: object) -> None:
@@ -124,18 +128,24 @@ class BatchwireServer:
     """One gRPC server serving one model repository."""
 
     def __init__(
-        self, settings: ServerSettings, *, span_exporter: SpanExporter | None = None
+        self,
+        settings: ServerSettings,
+        *,
+        span_exporter: SpanExporter | None = None,
+        stages: Sequence[StageFactory] = STAGES,
     ) -> None:
-        """``span_exporter`` replaces the one the settings name (tests, embedding)."""
+        """``span_exporter`` replaces the one the settings name (tests, embedding);
+        ``stages`` orders the inference pipeline (see :mod:`batchwire.server.stages`)."""
         self.settings = settings
         self._span_exporter = span_exporter
+        self._stages = tuple(stages)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.telemetry: Telemetry | None = None
         self.registry: ModelRegistry | None = None
         self._server: grpc.aio.Server | None = None
         self._health: HealthReporter | None = None
-        self._servicer: InferenceServicer | None = None
+        self.dataplane: DataPlane | None = None
         self._examples_dir: Path | None = None
 
     @property
@@ -259,13 +269,17 @@ class BatchwireServer:
             intra_op_threads=settings.intra_op_threads,
         )
         self.registry = ModelRegistry(repository, observer_factory=telemetry.observer_factory)
-        dataplane = DataPlane(self.registry)
-        self._servicer = InferenceServicer(
-            dataplane, server_name=settings.server_name, telemetry=telemetry
+        self.dataplane = DataPlane(
+            self.registry,
+            telemetry=telemetry,
+            server_name=settings.server_name,
+            stages=self._stages,
         )
         self._health = HealthReporter(self.registry)
         services = GenericHandlersOnly(server)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, services)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane), services
+        )
         from batchwire.protos import health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, services)
@@ -282,8 +296,8 @@ class BatchwireServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (``grace`` seconds), unload models."""
         grace = self.settings.shutdown_grace if grace is None else grace
-        if self._servicer is not None:
-            self._servicer.accepting = False
+        if self.dataplane is not None:
+            self.dataplane.accepting = False
         if self._health is not None:
             await self._health.shutdown()
         if self._server is not None:
@@ -306,9 +320,13 @@ class ServerThread:
     """A :class:`BatchwireServer` running on its own event loop in a daemon thread."""
 
     def __init__(
-        self, settings: ServerSettings, *, span_exporter: SpanExporter | None = None
+        self,
+        settings: ServerSettings,
+        *,
+        span_exporter: SpanExporter | None = None,
+        stages: Sequence[StageFactory] = STAGES,
     ) -> None:
-        self.server = BatchwireServer(settings, span_exporter=span_exporter)
+        self.server = BatchwireServer(settings, span_exporter=span_exporter, stages=stages)
         self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._run, name="batchwire-server", daemon=True)
         self._started = threading.Event()

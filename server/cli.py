@@ -25,6 +25,16 @@ from typer.core import TyperCommand
 from batchwire import __version__
 from batchwire.clients.cli import CONTEXT_SETTINGS, HelpCommand, HelpGroup
 
+# Choices and defaults of the --trace-* options, declared once for the whole server
+# (standard library only: --help stays free of OpenTelemetry).
+from batchwire.telemetry.trace_config import (
+    DEFAULT_EXPORTER,
+    DEFAULT_MODE,
+    DEFAULT_RATIO,
+    TraceExporter,
+    TraceMode,
+)
+
 if TYPE_CHECKING:
     from batchwire.server.app import BatchwireServer
 
@@ -73,19 +83,6 @@ class LogLevel(str, enum.Enum):
 class LogFormat(str, enum.Enum):
     text = "text"
     json = "json"
-
-
-class TraceMode(str, enum.Enum):
-    off = "off"
-    ratio = "ratio"
-    always = "always"
-
-
-class TraceExporter(str, enum.Enum):
-    otlp_grpc = "otlp-grpc"
-    otlp_http = "otlp-http"
-    console = "console"
-    none = "none"
 
 
 def _version(value: bool) -> None:
@@ -251,7 +248,7 @@ def serve(
         typer.Option(
             help="Tracing: off, ratio (--trace-rate of requests) or always; requests with a "
             "sampled traceparent are traced unless off. Default: OTEL_TRACES_SAMPLER, "
-            "else off.",
+            f"else {DEFAULT_MODE.value}.",
         ),
     ] = None,
     trace_rate: Annotated[
@@ -260,12 +257,14 @@ def serve(
             metavar="<fraction>",
             parser=fraction,
             help="Fraction traced in ratio mode, 0 to 1. Default: OTEL_TRACES_SAMPLER_ARG, "
-            "else 0.1.",
+            f"else {DEFAULT_RATIO}.",
         ),
     ] = None,
     trace_exporter: Annotated[
         TraceExporter | None,
-        typer.Option(help="Span exporter. Default: OTEL_TRACES_EXPORTER, else otlp-grpc."),
+        typer.Option(
+            help=f"Span exporter. Default: OTEL_TRACES_EXPORTER, else {DEFAULT_EXPORTER.value}."
+        ),
     ] = None,
     trace_endpoint: Annotated[
         str | None,

@@ -1,5 +1,9 @@
 """Protobuf <-> data-plane translation for ModelInfer and ModelStreamInfer.
 
+:data:`GRPC_CODEC` is the gRPC front end's
+:class:`~batchwire.server.inference_call.Codec`: the pipeline decodes each request
+with it once the model version is resolved and encodes the result with it.
+
 Hot path. Inputs become zero-copy ``np.frombuffer`` views of the received
 bytes; outputs are serialized once each with ``tobytes()``. No per-element
 Python loops except for BYTES and typed ``contents`` (which are lists already).
@@ -138,12 +142,10 @@ def decode_infer_request(
 
 
 def encode_infer_response(
-    spec: ModelSpec, request_id: str, result: InferenceResult
+    msg: pb.ModelInferRequest, spec: ModelSpec, result: InferenceResult
 ) -> pb.ModelInferResponse:
-    """Build the response: one raw_output_contents entry per output, in result order."""
-    response = pb.ModelInferResponse(
-        model_name=spec.name, model_version=spec.version, id=request_id
-    )
+    """The response to ``msg``: one raw_output_contents entry per output, in result order."""
+    response = pb.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=msg.id)
     outputs = response.outputs
     raw = response.raw_output_contents
     output_specs = spec.output_map
@@ -152,3 +154,24 @@ def encode_infer_response(
         outputs.add(name=name, datatype=datatype, shape=array.shape)
         raw.append(serialize_bytes(array) if datatype == "BYTES" else array.tobytes())
     return response
+
+
+def stream_error_response(msg: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    """A stream's answer to a failed request: ``error_message``, and the request's id."""
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=msg.model_name, model_version=msg.model_version, id=msg.id
+        ),
+    )
+
+
+class GrpcCodec:
+    """ModelInferRequest in, ModelInferResponse out (the data plane's Codec for gRPC)."""
+
+    __slots__ = ()
+    decode = staticmethod(decode_infer_request)
+    encode = staticmethod(encode_infer_response)
+
+
+GRPC_CODEC = GrpcCodec()

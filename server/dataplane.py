@@ -1,37 +1,349 @@
-"""The protocol-agnostic inference path shared by every front end.
+"""The data plane: everything a server does for its callers, whatever their protocol.
 
-A front end decodes its wire format into an :class:`InferenceRequest`, calls
-:meth:`DataPlane.infer`, and encodes the :class:`InferenceResult`. Unary and
-streaming gRPC both go through here, so validation and batching behave the same.
+:class:`DataPlane` is the one object a front end talks to. The gRPC servicer
+(:mod:`batchwire.server.servicer`) is such a front end; a second one, a KServe v2
+REST endpoint for instance, would reuse all of this the same way and add only its
+wire format:
+
+1. Take the server's :class:`DataPlane` (``BatchwireServer`` builds one and hands it
+   to every front end it starts; they share models, statistics and settings).
+2. For each inference request, build an
+   :class:`~batchwire.server.inference_call.InferenceCall` from the wire message with
+   the front end's :class:`~batchwire.server.inference_call.Codec` (decode to an
+   :class:`~batchwire.core.types.InferenceRequest`, encode an
+   :class:`~batchwire.core.types.InferenceResult`), a
+   :class:`~batchwire.server.inference_call.Caller` that reads the protocol's
+   headers (``traceparent`` for tracing, credentials for a future authorization
+   stage), the model name and version from the message or the URL, and the
+   caller's deadline; then await :meth:`DataPlane.infer`, which returns the encoded
+   response. Streaming is a front end calling :meth:`infer` once per message.
+3. For every other operation call the matching method (readiness, metadata,
+   repository control, statistics, trace and log settings). They take and return
+   plain Python and :mod:`batchwire.core.metadata` types, never protocol messages.
+4. Report an :class:`~batchwire.core.errors.InferenceError` from any of them with
+   the front end's status for its ``code`` (one to one, see
+   :class:`~batchwire.core.errors.StatusCode`) and its ``message`` verbatim; any
+   other exception is a bug, reported as INTERNAL.
+
+Inference runs the pipeline (:mod:`batchwire.server.pipeline`): the stages of
+:data:`batchwire.server.stages.STAGES` in order, inside an envelope that starts and
+finishes the request's trace span and encodes the response. Every front end's
+requests pass the same stages, so authorization, routing, caching and auditing
+added there hold for all of them.
+
+Concurrency: loop thread only (the server's event loop), like the registry.
 """
 
 from __future__ import annotations
 
-from batchwire.core.errors import ModelNotReadyError
-from batchwire.core.types import InferenceRequest, InferenceResult
-from batchwire.core.validation import validate_request
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from batchwire import __version__
+from batchwire.core.errors import (
+    InferenceError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    StatusCode,
+    UnsupportedError,
+)
+from batchwire.core.metadata import ModelMetadata, RepositoryEntry, ServerMetadata, TensorMetadata
+from batchwire.core.validation import expected_shape
+from batchwire.server.inference_call import UNREAD, InferenceCall
+from batchwire.server.pipeline import Pipeline, StageFactory
 from batchwire.server.registry import ModelRegistry, ServedModel
+from batchwire.server.stages import STAGES
+from batchwire.telemetry.logs import LogSettingError
+from batchwire.telemetry.tracing import ACTIVE_REQUEST, TraceSettingError
+
+if TYPE_CHECKING:
+    from batchwire.protos.model_config_pb2 import ModelConfig
+    from batchwire.telemetry import Telemetry
+    from batchwire.telemetry.tracing import RequestSpan, Tracing
+
+__all__ = [
+    "BASE_EXTENSIONS",
+    "TELEMETRY_EXTENSIONS",
+    "DataPlane",
+    "InvalidSettingError",
+    "ModelLoadFailedError",
+]
+
+log = logging.getLogger(__name__)
+
+#: Triton protocol extensions every batchwire server implements (ServerMetadata).
+BASE_EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "parameters")
+#: Extensions added when the server has a Telemetry (statistics, trace and log settings).
+TELEMETRY_EXTENSIONS = ("statistics", "trace", "logging")
+
+_perf_ns = time.perf_counter_ns
+
+
+class InvalidSettingError(InferenceError):
+    """A settings update (trace, log, model load parameters) names a bad key or value."""
+
+    code = StatusCode.INVALID_ARGUMENT
+    reason = "invalid_argument"
+
+
+class ModelLoadFailedError(InferenceError):
+    """A model named in a load request could not be loaded; the message says why."""
+
+    code = StatusCode.INVALID_ARGUMENT
+    reason = "load_failed"
+
+
+class _NoTracing:
+    """Stands in for Tracing when the data plane has no telemetry."""
+
+    armed = False
 
 
 class DataPlane:
-    """Validates requests and hands them to the model's batcher."""
+    """Serves one model registry to any number of front ends (see the module docstring).
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    ``stages`` orders the inference pipeline (default :data:`STAGES`). With a
+    ``telemetry``, statistics, trace and log settings are served and requests are
+    traced and counted; without one those operations raise UnsupportedError.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        telemetry: Telemetry | None = None,
+        server_name: str = "batchwire",
+        extensions: Iterable[str] = BASE_EXTENSIONS,
+        stages: Sequence[StageFactory] = STAGES,
+    ) -> None:
         self.registry = registry
+        self.telemetry = telemetry
+        self.server_name = server_name
+        names = list(extensions)
+        if telemetry is not None:
+            names += [e for e in TELEMETRY_EXTENSIONS if e not in names]
+        self.extensions = tuple(names)
+        #: False once the server is stopping: it reports itself and its models not ready.
+        self.accepting = True
+        #: Per request, inference tests ``armed`` and nothing else when it is False.
+        self._tracing: Tracing | _NoTracing = (
+            telemetry.tracing if telemetry is not None else _NoTracing()
+        )
+        self.pipeline = Pipeline(self, stages)
+        self._chains = self.pipeline.chains
+        # A (re)loaded or unloaded model may have a new configuration: rebuild its chain.
+        registry.add_listener(lambda name, ready: self.pipeline.forget(name))
 
-    def resolve(self, name: str, version: str = "") -> ServedModel:
-        """The ready model version a request addresses (raises NOT_FOUND / UNAVAILABLE)."""
-        return self.registry.get(name, version)
+    # Inference -------------------------------------------------------------
 
-    async def infer(
-        self, served: ServedModel, request: InferenceRequest, datatypes: dict[str, str]
-    ) -> InferenceResult:
-        """Validate ``request`` against the model and await its result from the batcher."""
+    async def infer(self, call: InferenceCall) -> Any:
+        """Run ``call`` through the pipeline; returns the codec's encoded response.
+
+        Raises InferenceError (with the status to report) when a stage refuses or
+        fails the request. When the request is traced its span covers every stage and
+        the encoding, and its ids are the active request for log records meanwhile.
+        """
+        tracing = self._tracing
+        if tracing.armed:
+            return await self._infer_traced(call, tracing)  # type: ignore[arg-type]
+        chain = self._chains.get(call.model) or self.pipeline.chain(call.model)
+        result = await chain(call)
+        return call.codec.encode(call.message, call.served.spec, result)  # type: ignore[union-attr,arg-type]
+
+    async def _infer_traced(self, call: InferenceCall, tracing: Tracing) -> Any:
+        caller = call.caller
+        parent = caller.trace_parent
+        if parent is UNREAD:
+            parent = caller.trace_parent = tracing.extract(caller.metadata())
+        span = tracing.start(call.model, parent, caller.method)
+        chain = self._chains.get(call.model) or self.pipeline.chain(call.model)
+        if span is None:
+            result = await chain(call)
+            return call.codec.encode(call.message, call.served.spec, result)  # type: ignore[union-attr,arg-type]
+        call.span = span
+        token = ACTIVE_REQUEST.set(span.ids)
+        try:
+            result = await chain(call)
+            span.send_ns = _perf_ns()
+            response = call.codec.encode(call.message, call.served.spec, result)  # type: ignore[union-attr,arg-type]
+        except BaseException as exc:
+            _describe(span, call)
+            tracing.finish(span, exc)
+            raise
+        finally:
+            ACTIVE_REQUEST.reset(token)
+        _describe(span, call)
+        tracing.finish(span)
+        return response
+
+    # Readiness and metadata ------------------------------------------------
+
+    def server_live(self) -> bool:
+        """True while the server answers at all."""
+        return True
+
+    def server_ready(self) -> bool:
+        """Accepting requests, and every model of the repository has a ready version."""
+        return self.accepting and self.registry.all_ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether ``name`` (version ``version``, latest when empty) serves requests now."""
+        try:
+            served = self.registry.find(name, version)
+        except InferenceError:
+            return False
+        return self.accepting and served.ready
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(self.server_name, __version__, self.extensions)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        """Inputs and outputs of a model version in any state (raises NOT_FOUND / UNAVAILABLE)."""
+        served = self._configured(name, version)
         spec = served.spec
-        batcher = served.batcher
-        if spec is None or batcher is None:
-            raise ModelNotReadyError(
-                f"model '{served.name}' version '{served.version}' is not ready"
+        assert spec is not None
+        return ModelMetadata(
+            served.name,
+            tuple(self.registry.versions(served.name)),
+            spec.platform,
+            tuple(
+                TensorMetadata(t.name, t.datatype, tuple(expected_shape(spec, t)))
+                for t in spec.inputs
+            ),
+            tuple(
+                TensorMetadata(t.name, t.datatype, tuple(expected_shape(spec, t)))
+                for t in spec.outputs
+            ),
+        )
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        """The version's configuration as the repository read it (Triton's ModelConfig).
+
+        The repository's own representation (config.pbtxt parsed into Triton's
+        schema), which a front end returns as is: as a protobuf message over gRPC,
+        through ``google.protobuf.json_format`` over REST.
+        """
+        config = self._configured(name, version).config
+        assert config is not None
+        return config
+
+    def _configured(self, name: str, version: str) -> ServedModel:
+        served = self.registry.find(name, version)
+        if served.spec is None or served.config is None:
+            raise ModelNotReadyError(f"model '{name}' has no readable configuration")
+        return served
+
+    # Repository ------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[RepositoryEntry]:
+        """Every model version the repository holds (only the ready ones with ``ready_only``)."""
+        return [
+            RepositoryEntry(served.name, served.version, served.state.value, served.reason)
+            for served in self.registry.index()
+            if served.ready or not ready_only
+        ]
+
+    async def load_model(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
+        """(Re)load ``name`` from the repository; raises ModelLoadFailedError saying why not.
+
+        ``parameters`` (config or file overrides in the protocol) are not supported:
+        any raises InvalidSettingError.
+        """
+        if parameters:
+            raise InvalidSettingError(
+                "RepositoryModelLoad parameters (config or file overrides) are not supported; "
+                f"got {sorted(parameters)}"
             )
-        validate_request(spec, request, datatypes)
-        return await batcher.submit(request)
+        try:
+            await self.registry.load(name)
+        except InferenceError:
+            raise
+        except Exception as exc:
+            raise ModelLoadFailedError(f"failed to load '{name}': {exc}") from exc
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving ``name`` (drains its queues); raises ModelNotFoundError if unknown."""
+        await self.registry.unload(name)
+
+    # Observability ---------------------------------------------------------
+
+    def _telemetry(self, what: str, hint: str) -> Telemetry:
+        if self.telemetry is None:
+            raise UnsupportedError(f"batchwire does not implement {what}; {hint}")
+        return self.telemetry
+
+    def _check_model(self, name: str, version: str = "") -> None:
+        """Raise ModelNotFoundError for a model (or version) the repository does not hold.
+
+        A known one that cannot be served passes: it keeps its statistics and settings.
+        """
+        try:
+            self.registry.find(name, version)
+        except ModelNotFoundError:
+            raise
+        except InferenceError:
+            pass
+
+    def statistics(self, name: str = "", version: str = "") -> list[dict]:
+        """Triton's ModelStatistics (JSON shape), one dict per version that ever loaded.
+
+        ``name`` empty: every ready version; ``version`` empty: every version of ``name``.
+        """
+        telemetry = self._telemetry("ModelStatistics", "statistics are not collected")
+        registry = self.registry
+        if name:
+            self._check_model(name, version)
+            versions = [version] if version else registry.versions(name)
+            keys = [(name, v) for v in versions]
+        else:
+            keys = [(m.name, m.version) for m in registry.index() if m.version and m.ready]
+        rows = []
+        for model, model_version in keys:
+            stats = telemetry.statistics(model, model_version)
+            if stats is not None:
+                rows.append(stats)
+        return rows
+
+    def trace_settings(
+        self, model: str = "", changes: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, list[str]]:
+        """The effective trace settings of ``model`` (global when empty), after ``changes``.
+
+        ``changes`` maps Triton's trace setting keys to their new values (an empty list
+        clears a key); None or empty only reads. Raises InvalidSettingError.
+        """
+        telemetry = self._telemetry("TraceSetting", "tracing is not available")
+        if model:
+            self._check_model(model)
+        tracing = telemetry.tracing
+        try:
+            if changes:
+                settings = tracing.update_settings(model, changes)
+                log.info("trace settings%s updated: %s", f" of '{model}'" if model else "", changes)
+            else:
+                settings = tracing.get_settings(model)
+        except TraceSettingError as exc:
+            raise InvalidSettingError(str(exc)) from exc
+        return settings
+
+    def log_settings(self, changes: Mapping[str, object] | None = None) -> dict[str, object]:
+        """Triton's log settings after ``changes`` (None or empty only reads).
+
+        Values are bool, int or str as the setting takes; None leaves one as it is. Raises
+        InvalidSettingError.
+        """
+        telemetry = self._telemetry("LogSettings", "set the level with --log-level")
+        try:
+            return telemetry.logs.update(changes) if changes else telemetry.logs.get()
+        except LogSettingError as exc:
+            raise InvalidSettingError(str(exc)) from exc
+
+
+def _describe(span: RequestSpan, call: InferenceCall) -> None:
+    """What the span reports of a decoded request: the request and the version serving it."""
+    request = call.request
+    if request is not None:
+        span.request = request
+        span.version = call.served.version  # type: ignore[union-attr]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchwire.telemetry.trace_config import check_trace_settings
+
 #: tritonclient sends messages up to 2 GiB; gRPC's own default is 4 MiB.
 DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -33,12 +35,13 @@ class ServerSettings:
     #: (``batchwire serve`` sets it); False logs an error and serves without the endpoint
     #: (for a program embedding the server that would rather keep inference up).
     metrics_required: bool = False
-    #: Tracing: "off" | "ratio" | "always"; None follows OTEL_TRACES_SAMPLER (default off).
+    #: Tracing: a TraceMode value (batchwire.telemetry.trace_config); None follows
+    #: OTEL_TRACES_SAMPLER, else DEFAULT_MODE.
     trace_mode: str | None = None
     #: Fraction of requests without a sampled parent traced in "ratio" mode
-    #: (None: OTEL_TRACES_SAMPLER_ARG, else 0.1).
+    #: (None: OTEL_TRACES_SAMPLER_ARG, else DEFAULT_RATIO).
     trace_rate: float | None = None
-    #: "otlp-grpc" | "otlp-http" | "console" | "none"; None follows OTEL_TRACES_EXPORTER.
+    #: A TraceExporter value; None follows OTEL_TRACES_EXPORTER, else DEFAULT_EXPORTER.
     trace_exporter: str | None = None
     #: Collector endpoint; None lets the exporter read OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT.
     trace_endpoint: str | None = None
@@ -52,12 +55,4 @@ class ServerSettings:
             raise ValueError(f"intra_op_threads must be >= 1, got {self.intra_op_threads}")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
-        if self.trace_mode is not None and self.trace_mode not in ("off", "ratio", "always"):
-            raise ValueError(f"trace_mode must be off, ratio or always, got '{self.trace_mode}'")
-        if self.trace_rate is not None and not 0.0 <= self.trace_rate <= 1.0:
-            raise ValueError(f"trace_rate must be in [0, 1], got {self.trace_rate}")
-        exporters = ("otlp-grpc", "otlp-http", "console", "none")
-        if self.trace_exporter is not None and self.trace_exporter not in exporters:
-            raise ValueError(
-                f"trace_exporter must be one of {', '.join(exporters)}, got '{self.trace_exporter}'"
-            )
+        check_trace_settings(self.trace_mode, self.trace_rate, self.trace_exporter)

@@ -7,6 +7,7 @@ plane read only the spec built here.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from batchwire.core.datatypes import CONFIG_TO_V2
 from batchwire.core.spec import (
@@ -52,8 +53,8 @@ def _tensor(tensor: mc.ModelInput | mc.ModelOutput, is_input: bool) -> TensorSpe
         datatype=_v2(tensor.data_type),
         dims=tuple(tensor.dims),
         reshape=reshape,
-        optional=bool(is_input and tensor.optional),  # type: ignore[union-attr]
-        allow_ragged_batch=bool(is_input and tensor.allow_ragged_batch),  # type: ignore[union-attr]
+        optional=bool(is_input and tensor.optional),
+        allow_ragged_batch=bool(is_input and tensor.allow_ragged_batch),
     )
 
 
@@ -71,7 +72,7 @@ def _batching(config: mc.ModelConfig, options: BatchwireOptions) -> BatchingSpec
         return None
     batching = config.dynamic_batching
     # Only the extensions the config sets override BatchingSpec's defaults.
-    extensions = {
+    extensions: dict[str, Any] = {
         key: value
         for key, value in (
             ("adaptive_delay", options.adaptive_delay),

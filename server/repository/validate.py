@@ -114,7 +114,7 @@ def _check_tensor(
 
 
 def _check_tensors(
-    tensors: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput],
+    tensors: Sequence[mc.ModelInput | mc.ModelOutput],
     kind: str,
     path: object,
     fmt: Format,

@@ -135,7 +135,14 @@ def imported_modules(argv: list[str]) -> list[str]:
 
 
 SERVER_ONLY = ("torch", "opentelemetry", "prometheus_client", "batchwire.server.app")
-SERVER_ONLY += ("batchwire.telemetry", "batchwire.batching")
+# telemetry/trace_config.py (the trace settings' one declaration) is light and feeds the
+# serve command's help; the tracing, metrics and export modules are not.
+SERVER_ONLY += (
+    "batchwire.telemetry.tracing",
+    "batchwire.telemetry.metrics",
+    "batchwire.telemetry.span_export",
+    "batchwire.batching",
+)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,26 @@
+"""The order of the inference pipeline: every request passes these stages, first to last.
+
+Each entry is a :data:`~batchwire.server.pipeline.StageFactory`, called once per
+model chain (see :class:`~batchwire.server.pipeline.Pipeline`); a factory that returns
+None keeps its stage out of that chain. To add a stage, write its module and add one
+line here where it belongs: before :class:`Resolve` it sees the model name the caller
+asked for and may choose another version; between :class:`Validate` and
+:class:`Submit` it sees a checked request; anywhere, it may answer itself or watch the
+result come back. Tracing and the front end's encoding wrap the whole chain
+(:meth:`batchwire.server.dataplane.DataPlane.infer`).
+"""
+
+from __future__ import annotations
+
+from batchwire.server.pipeline import StageFactory
+from batchwire.server.request_stages import Decode, Resolve, Submit, Validate, count_rejections
+
+__all__ = ["STAGES"]
+
+STAGES: tuple[StageFactory, ...] = (
+    Resolve,  # model name + version -> the ready model version
+    count_rejections,  # failures from here on count in that version's statistics
+    Decode,  # the front end's wire message -> InferenceRequest
+    Validate,  # the request against the model's inputs and outputs
+    Submit,  # the model's batcher answers
+)
