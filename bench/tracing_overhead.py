@@ -58,9 +58,9 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -79,6 +79,7 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 def _request(model: str) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model)
+    array: np.ndarray
     if model == "text":
         array = np.arange(1, 17, dtype=np.int64).reshape(1, 16)
         request.inputs.add(name="TOKENS", datatype="INT64", shape=array.shape)
@@ -98,7 +99,12 @@ class _Load:
     ``done``; a window is a slice of it.
     """
 
-    def __init__(self, infer: object, request: pb.ModelInferRequest, metadata: tuple | None):
+    def __init__(
+        self,
+        infer: Callable[..., Awaitable[object]],
+        request: pb.ModelInferRequest,
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> None:
         self._infer = infer
         self._request = request
         self._metadata = metadata
@@ -111,7 +117,7 @@ class _Load:
         while not self._stop:
             began = time.perf_counter()
             try:
-                await infer(request, metadata=metadata)  # type: ignore[operator]
+                await infer(request, metadata=metadata)
                 ok = True
             except grpc.aio.AioRpcError:
                 ok = False
@@ -223,7 +229,7 @@ async def _drive(
     seconds: float,
     rounds: int,
     rate: int,
-    metadata: tuple | None,
+    metadata: tuple[tuple[str, str], ...] | None,
     perf_analyzer: str | None = None,
 ) -> list[dict]:
     """Alternate untraced and traced windows under one uninterrupted load.
@@ -383,16 +389,16 @@ def _cpu_seconds(pid: int, receiver: int | None) -> dict[str, float] | None:
     return parts
 
 
-def _run_driver(
-    address: str, pid: int | None, receiver: int | None, **kwargs: object
-) -> list[dict]:
+def _run_driver(driver: Coroutine[Any, Any, list[dict]]) -> list[dict]:
+    """Run ``driver`` on uvloop when it is installed (as the server does), else asyncio."""
+    runner: Callable[[Coroutine[Any, Any, list[dict]]], list[dict]] = asyncio.run
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
-    return runner(_drive(address, pid, receiver, **kwargs))  # type: ignore[arg-type]
+        pass
+    return runner(driver)
 
 
 class _ReceiverProcess:
@@ -421,7 +427,8 @@ class _ReceiverProcess:
             stdout=subprocess.PIPE,
             text=True,
         )
-        line = self._proc.stdout.readline()  # type: ignore[union-attr]
+        assert self._proc.stdout is not None  # stdout=PIPE
+        line = self._proc.stdout.readline()
         if not line.startswith("listening"):
             self._proc.kill()
             raise RuntimeError(f"the OTLP receiver did not start: {line!r}")
@@ -512,17 +519,19 @@ def run(
             endpoint = receiver.endpoint if receiver is not None else None
             with _server(repo, out, exporter, endpoint, in_process) as (address, pid):
                 windows = _run_driver(
-                    address,
-                    pid,
-                    receiver.pid if receiver is not None else None,
-                    model=model,
-                    concurrency=concurrency,
-                    warmup=warmup,
-                    seconds=seconds,
-                    rounds=rounds,
-                    rate=rate,
-                    metadata=metadata,
-                    perf_analyzer=binary,
+                    _drive(
+                        address,
+                        pid,
+                        receiver.pid if receiver is not None else None,
+                        model=model,
+                        concurrency=concurrency,
+                        warmup=warmup,
+                        seconds=seconds,
+                        rounds=rounds,
+                        rate=rate,
+                        metadata=metadata,
+                        perf_analyzer=binary,
+                    )
                 )
     finally:
         spans_received = receiver.stop() if receiver is not None else None

@@ -3,28 +3,48 @@
 :class:`Telemetry` is what a server holds: it builds one observer per model
 version (the registry's ``observer_factory``), keeps their statistics, owns
 the tracing pipeline, the /metrics endpoint and the log settings.
+
+Importing this package loads nothing else: the command line imports
+:mod:`batchwire.telemetry.trace_config` for its choices without OpenTelemetry.
+The names below are loaded on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
-from typing import TYPE_CHECKING
-
-from batchwire.telemetry.logs import LogControl
-from batchwire.telemetry.stats import ModelObserver, ModelStats, statistics_dict
-from batchwire.telemetry.tracing import TraceConfig, Tracing
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from batchwire.core.errors import InferenceError
     from batchwire.core.spec import ModelSpec
+    from batchwire.telemetry.gpu import GpuMonitor
     from batchwire.telemetry.metrics import MetricsServer
+    from batchwire.telemetry.stats import ModelObserver, ModelStats
+    from batchwire.telemetry.trace_config import TraceConfig
+    from batchwire.telemetry.tracing import Tracing
 
 __all__ = ["ModelObserver", "ModelStats", "Telemetry", "TraceConfig", "Tracing"]
 
 log = logging.getLogger(__name__)
+
+#: Names this package re-exports -> the module that defines them.
+_LAZY = {
+    "ModelObserver": "batchwire.telemetry.stats",
+    "ModelStats": "batchwire.telemetry.stats",
+    "TraceConfig": "batchwire.telemetry.trace_config",
+    "Tracing": "batchwire.telemetry.tracing",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 class Telemetry:
@@ -36,19 +56,25 @@ class Telemetry:
         *,
         span_exporter: SpanExporter | None = None,
     ) -> None:
+        from batchwire.telemetry.logs import LogControl
+        from batchwire.telemetry.trace_config import TraceConfig
+        from batchwire.telemetry.tracing import Tracing
+
         self.tracing = Tracing(trace_config or TraceConfig(), exporter=span_exporter)
         self.logs = LogControl()
         #: (model, version) -> statistics; kept across reloads so counters never go back.
         self._stats: dict[tuple[str, str], ModelStats] = {}
         self._observers: dict[tuple[str, str], ModelObserver] = {}
         self.metrics_server: MetricsServer | None = None
-        self._gpu = None
+        self._gpu: GpuMonitor | None = None
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
 
     # -- model versions ------------------------------------------------------------------
 
     def observer_factory(self, spec: ModelSpec) -> ModelObserver:
         """The registry's observer_factory: one observer per model version."""
+        from batchwire.telemetry.stats import ModelObserver, ModelStats
+
         key = (spec.name, spec.version)
         stats = self._stats.get(key)
         if stats is None:
@@ -68,8 +94,10 @@ class Telemetry:
     def all_stats(self) -> list[ModelStats]:
         return list(self._stats.values())
 
-    def statistics(self, model: str, version: str) -> dict | None:
+    def statistics(self, model: str, version: str) -> dict[str, Any] | None:
         """Triton's ModelStatistics (JSON shape) of one version; None if it never loaded."""
+        from batchwire.telemetry.stats import statistics_dict
+
         stats = self._stats.get((model, version))
         return None if stats is None else statistics_dict(stats, self._epoch_offset_ns)
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ class GpuMonitor:
         self._handles: list[tuple[str, object]] = []
         self._lock = threading.Lock()
         try:
-            import pynvml  # type: ignore[import-not-found]
+            import pynvml  # optional: batchwire[gpu]
         except ImportError:
             return
         try:
@@ -69,10 +73,10 @@ class GpuMonitor:
                 out.append(
                     GpuSample(
                         uuid,
-                        _guard(lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0),
-                        _guard(lambda h=handle: int(nvml.nvmlDeviceGetMemoryInfo(h).used)),
-                        _guard(lambda h=handle: int(nvml.nvmlDeviceGetMemoryInfo(h).total)),
-                        _guard(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
+                        _guard(lambda h: nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0, handle),
+                        _guard(lambda h: int(nvml.nvmlDeviceGetMemoryInfo(h).used), handle),
+                        _guard(lambda h: int(nvml.nvmlDeviceGetMemoryInfo(h).total), handle),
+                        _guard(lambda h: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0, handle),
                     )
                 )
         return out
@@ -85,8 +89,9 @@ class GpuMonitor:
                 nvml.nvmlShutdown()
 
 
-def _guard(read):  # type: ignore[no-untyped-def]
+def _guard(read: Callable[[Any], T], handle: Any) -> T | None:
+    """``read(handle)``, or None where NVML fails for this device or metric."""
     try:
-        return read()
+        return read(handle)
     except Exception:
         return None

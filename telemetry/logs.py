@@ -198,7 +198,7 @@ class LogControl:
                 raise LogSettingError(
                     f"log_format must be one of {', '.join(TIMESTAMP_FORMATS)}, got '{value}'"
                 )
-            if key == "log_verbose_level" and value < 0:  # type: ignore[operator]
+            if key == "log_verbose_level" and isinstance(value, int) and value < 0:
                 raise LogSettingError(f"log_verbose_level must be >= 0, got {value}")
             merged[key] = value
         self._settings = merged

@@ -28,11 +28,15 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
-        self._receiver = receiver
+        self.receiver = receiver
 
-    def Export(self, request, context):
-        if not self._receiver.keeps:  # count-only: no Python object per span
-            self._receiver._count(
+    def Export(
+        self,
+        request: trace_service_pb2.ExportTraceServiceRequest,
+        context: grpc.ServicerContext,
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        if not self.receiver.keeps:  # count-only: no Python object per span
+            self.receiver.count(
                 sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
             )
             return trace_service_pb2.ExportTraceServiceResponse()
@@ -44,7 +48,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
                     service = attribute.value.string_value
             for scope_spans in resource_spans.scope_spans:
                 received.extend((service, span) for span in scope_spans.spans)
-        self._receiver._add(received)
+        self.receiver.add(received)
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -86,13 +90,15 @@ class OtlpReceiver:
         """Whether received spans are kept (else only counted)."""
         return self._keep
 
-    def _count(self, spans: int) -> None:
+    def count(self, spans: int) -> None:
+        """Count one export of ``spans`` spans (the service calls it)."""
         with self._cond:
             self.exports += 1
             self.span_count += spans
             self._cond.notify_all()
 
-    def _add(self, received: list[tuple[str, trace_pb2.Span]]) -> None:
+    def add(self, received: list[tuple[str, trace_pb2.Span]]) -> None:
+        """Keep one export's (service name, span) pairs (the service calls it)."""
         with self._cond:
             self.exports += 1
             self.span_count += len(received)

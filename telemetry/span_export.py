@@ -1,36 +1,35 @@
 """Where span records go: an exporter process (the server's way), or an exporter in-process.
 
-Why a process: building spans and encoding them for OTLP is pure Python, tens of
-microseconds per span. Done by a thread of the server (as the SDK's
-``BatchSpanProcessor`` does), it contends with the event loop for the GIL, and the
-loop gives the GIL away at every call that releases it (a TorchScript forward, a
-gRPC send); getting it back from a busy Python thread takes up to the 5 ms switch
-interval (measured: a 22 us model call took 12 ms with one busy Python thread
-beside it). So the server sends compact :mod:`~batchwire.telemetry.span_records`
-to ``python -m batchwire.telemetry.exporter_process``, a child process that builds the
-spans and exports them with the configured OpenTelemetry exporter and a
-``BatchSpanProcessor``.
+Why a process: building spans and encoding them is pure Python, microseconds per
+span. Done by a thread of the server (as the SDK's ``BatchSpanProcessor`` does), it
+contends with the event loop for the GIL, and the loop gives the GIL away at every
+call that releases it (a TorchScript forward, a gRPC send); getting it back from a
+busy Python thread takes up to the 5 ms switch interval (measured: a 22 us model
+call took 12 ms with one busy Python thread beside it). So the server sends its
+:mod:`~batchwire.telemetry.span_records` to ``python -m
+batchwire.telemetry.exporter_process``, a child process that encodes and exports
+them.
 
-:class:`ProcessSink` (parent side). Concurrency: :meth:`~ProcessSink.add` runs on the
-event-loop thread and packs the record into rows of bytes
-(:class:`~batchwire.telemetry.record_wire.RecordPacker`, about 3 us, under a lock, as
-:meth:`flush` may be called from another thread); full messages (or the message a
-200 ms timer finds) go to a writer thread, which writes them to the child's stdin
-(blocking there, never on the loop). Packing on the loop, a record at a time, rather
-than in the writer thread: the writer would hold the GIL for a whole message at once
-while the loop waits for it. When the writer is more than ``MAX_PENDING_BATCHES``
-behind, or the child is gone, records are dropped and counted: an unreachable or
-slow collector loses spans, never requests. Acknowledgements of flushes come back on
-a separate pipe (the child's stdout stays the server's, for the console exporter).
+:class:`ProcessSink` (server side). Concurrency: :meth:`~ProcessSink.add` runs on the
+event-loop thread and appends the record's fields to the next message (under a lock, as
+:meth:`~ProcessSink.flush` may be called from another thread); a full message
+(``BATCH_RECORDS``), or the message a ``BATCH_DELAY_S`` timer finds, goes to a
+writer thread, which pickles it and writes it to the child's stdin (blocking there,
+never on the loop). When the writer is more than ``MAX_PENDING_BATCHES`` behind, or
+the child is gone, records are dropped and counted: an unreachable or slow collector
+loses spans, never requests. Acknowledgements of flushes come back on a separate pipe
+(the child's stdout stays the server's, for the console exporter).
 
-Protocol (length-prefixed pickles on stdin): ``("config", TraceConfig, epoch_offset_ns)``
-first, then ``("spans", PackedRecords)`` (:mod:`~batchwire.telemetry.record_wire`),
-``("flush", timeout_s)`` (answered on the ack pipe with ``True``/``False``) and
-``("stop", timeout_s)``. EOF means the server is gone.
+Protocol (length-prefixed pickles on stdin): ``("config", (TraceConfig,
+epoch_offset_ns))`` first, then ``("spans", RecordMessage)``, ``("flush", (token,
+timeout_s))`` (answered on the ack pipe with ``(token, True/False)``) and ``("stop",
+timeout_s)``. EOF means the server is gone.
 
-:class:`LocalSink` builds spans on the calling thread and feeds a ``BatchSpanProcessor``
-in this process: for an exporter *object* handed to the server (tests, programs that
-embed the server). :class:`NullSink` drops records (exporter ``none``).
+:class:`ExportQueue` is the exporting side, in the exporter process and in-process
+alike: one thread that merges what it is given into exports of up to
+``EXPORT_SPANS`` spans. :class:`LocalSink` feeds one in this process with an SDK
+exporter object handed to the server (tests, programs that embed the server);
+:class:`NullSink` drops records (exporter ``none``).
 """
 
 from __future__ import annotations
@@ -47,93 +46,35 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
-from batchwire import __version__
-from batchwire.telemetry.record_wire import PackedRecords, RecordPacker, unpack_records
-from batchwire.telemetry.span_records import SpanBuilder, SpanRecord
+from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord, SpanRecord
+from batchwire.telemetry.trace_config import TraceExporter
 
 if TYPE_CHECKING:
-    from batchwire.telemetry.otlp_records import Block
-    from batchwire.telemetry.tracing import TraceConfig
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from batchwire.telemetry.trace_config import TraceConfig
 
 log = logging.getLogger(__name__)
 
-#: Records per message to the exporter process. Each message costs the exporter
-#: process about 0.4 ms however many records it holds (measured, encoding messages of
-#: mixed shapes: 2.9 us per span in messages of 183, 1.5 in 512, 1.25 in 1024).
+#: Records per message to the exporter process: each message has a fixed cost there
+#: (a pickle, a wake-up of the export thread).
 BATCH_RECORDS = 1024
-#: A partial batch waits at most this long before it is sent.
+#: A partial message waits at most this long before it is sent.
 BATCH_DELAY_S = 0.2
-#: Batches waiting for the writer beyond this are dropped (1024 * 16 = 16k spans).
+#: Messages waiting for the writer beyond this are dropped (1024 * 16 = 16k spans).
 MAX_PENDING_BATCHES = 16
+#: Spans per export request (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` wins): each export
+#: has a fixed cost on both ends (docs/observability.md).
+EXPORT_SPANS = 1024
+#: How long a partial export is held open for more spans (``OTEL_BSP_SCHEDULE_DELAY``
+#: wins), on top of the server's own ``BATCH_DELAY_S``.
+EXPORT_HOLD_S = 0.2
+#: Spans waiting for export beyond this are dropped (``OTEL_BSP_MAX_QUEUE_SIZE`` wins).
+EXPORT_QUEUE_SPANS = 16384
 _HEADER = struct.Struct("<I")
-
-
-def make_exporter(config: TraceConfig) -> SpanExporter:
-    """The SDK exporter for the exporters that take the ReadableSpan path (console, otlp-http).
-
-    ``otlp-grpc`` takes :class:`RecordExport` instead, and ``none`` exports nothing
-    (:class:`NullSink`).
-    """
-    if config.exporter == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter(service_name=config.service_name)
-    if config.exporter != "otlp-http":
-        raise ValueError(f"exporter '{config.exporter}' does not take the ReadableSpan path")
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    endpoint = config.endpoint
-    if endpoint is not None:
-        if "://" not in endpoint:
-            endpoint = f"http://{endpoint}"
-        if urlsplit(endpoint).path in ("", "/"):
-            endpoint = endpoint.rstrip("/") + "/v1/traces"
-    return OTLPSpanExporter(endpoint=endpoint)
-
-
-def grpc_endpoint(endpoint: str | None) -> str | None:
-    """None (the exporter reads OTEL_EXPORTER_OTLP_*), or a URL for a bare ``host:port``."""
-    if endpoint is not None and "://" not in endpoint:
-        return f"http://{endpoint}"  # a bare host:port means plaintext, as collectors listen
-    return endpoint
-
-
-def make_processor(exporter: SpanExporter) -> BatchSpanProcessor:
-    """A BatchSpanProcessor with batchwire's defaults (the OTEL_BSP_* variables win)."""
-    delay = os.environ.get("OTEL_BSP_SCHEDULE_DELAY")
-    size = os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE")
-    return BatchSpanProcessor(
-        exporter,
-        max_queue_size=None if size else 16384,
-        schedule_delay_millis=None if delay else 1000,
-    )
-
-
-def span_builder(service_name: str, epoch_offset_ns: int) -> SpanBuilder:
-    resource = Resource.create({"service.name": service_name})
-    return SpanBuilder(resource, InstrumentationScope("batchwire", __version__), epoch_offset_ns)
-
-
-def shutdown_processor(processor: BatchSpanProcessor, timeout_s: float) -> None:
-    """Export what is queued, then stop; bounded by ``timeout_s`` even when the collector hangs."""
-    worker = threading.Thread(target=processor.shutdown, name="span-shutdown", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        log.warning("tracing: spans not exported within %.1f s of shutdown are dropped", timeout_s)
-        try:
-            processor.span_exporter.shutdown()  # aborts the exporter's retries
-        except Exception:
-            log.debug("tracing: exporter shutdown failed", exc_info=True)
-        worker.join(1.0)
 
 
 class DropCounter:
@@ -154,6 +95,149 @@ class DropCounter:
             self.count = after = before + spans
         if before == 0 or before // self.LOG_EVERY != after // self.LOG_EVERY:
             log.warning("tracing: %d span(s) dropped so far (%s)", after, self._what)
+
+
+class RecordExporter(Protocol):
+    """Exports records (logging its own failures) until shut down."""
+
+    def export(self, records: Sequence[SpanRecord]) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class OtlpRecordExporter:
+    """Records encoded by :class:`~batchwire.telemetry.otlp_encoding.OtlpEncoder`, sent
+    by :mod:`~batchwire.telemetry.otlp_transport` (OTLP/gRPC or OTLP/HTTP)."""
+
+    def __init__(self, config: TraceConfig, epoch_offset_ns: int) -> None:
+        from batchwire.telemetry.otlp_encoding import OtlpEncoder
+        from batchwire.telemetry.otlp_transport import OtlpSettings, otlp_transport
+        from batchwire.telemetry.sdk_spans import instrumentation_scope, resource
+
+        service = resource(config.service_name)
+        scope = instrumentation_scope()
+        self.encoder = OtlpEncoder(
+            service.attributes,
+            scope.name,
+            scope.version or "",
+            epoch_offset_ns,
+            service.schema_url or "",
+        )
+        self.transport = otlp_transport(OtlpSettings.resolve(config.exporter, config.endpoint))
+
+    def export(self, records: Sequence[SpanRecord]) -> None:
+        self.transport.export(self.encoder.encode(records), len(records))
+
+    def shutdown(self) -> None:
+        self.transport.shutdown()
+
+
+def _env_positive_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        log.warning("tracing: %s=%r is not a positive integer; using %d", name, value, default)
+        return default
+    return number
+
+
+#: Queued by :meth:`ExportQueue.flush`: export what is held now.
+_HURRY: list[SpanRecord] = []
+
+
+class ExportQueue:
+    """Exports records from one thread, in exports of up to ``max_spans`` spans.
+
+    :meth:`add` (any thread, never blocks) queues a list of records; beyond
+    ``OTEL_BSP_MAX_QUEUE_SIZE`` spans waiting, it drops them (counted). The export
+    thread merges lists into exports of up to ``max_spans`` spans, holding a partial
+    one open for at most ``hold_s``: fewer, larger exports cost the exporter and the
+    collector less per span. A flush or a stop exports what is held at once.
+    """
+
+    def __init__(self, exporter: RecordExporter) -> None:
+        self.exporter = exporter
+        self.max_spans = _env_positive_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", EXPORT_SPANS)
+        self.hold_s = _env_positive_int("OTEL_BSP_SCHEDULE_DELAY", int(EXPORT_HOLD_S * 1000)) / 1000
+        self.max_queued = _env_positive_int("OTEL_BSP_MAX_QUEUE_SIZE", EXPORT_QUEUE_SPANS)
+        self.dropped = DropCounter("collector too slow")
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[list[SpanRecord] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="span-export", daemon=True)
+        self._thread.start()
+
+    def add(self, records: list[SpanRecord]) -> None:
+        with self._lock:
+            room = self._queued + len(records) <= self.max_queued
+            if room:
+                self._queued += len(records)
+        if room:
+            self._queue.put(records)
+        else:
+            self.dropped.add(len(records))
+
+    def _run(self) -> None:
+        # Every item taken from the queue is marked done only once its spans are
+        # exported, so that flush() (queue.join) means "exported".
+        get = self._queue.get
+        stopping = False
+        while not stopping:
+            held = get()
+            taken = 1
+            if held is None:
+                stopping = True
+                held = []
+            elif held is not _HURRY:
+                held = list(held)
+                deadline = time.monotonic() + self.hold_s
+                while len(held) < self.max_spans:
+                    try:
+                        item = get(timeout=max(deadline - time.monotonic(), 0.0))
+                    except queue.Empty:
+                        break
+                    taken += 1
+                    if item is None:
+                        stopping = True
+                        break
+                    if item is _HURRY:
+                        break
+                    held += item
+            for start in range(0, len(held), self.max_spans):
+                self._export(held[start : start + self.max_spans])
+            with self._lock:
+                self._queued -= len(held)
+            for _ in range(taken):
+                self._queue.task_done()
+
+    def _export(self, records: list[SpanRecord]) -> None:
+        try:
+            self.exporter.export(records)
+        except Exception:  # a bug here must cost these spans, not the export thread
+            log.exception("tracing: exporting %d span(s) failed", len(records))
+
+    def flush(self, timeout_s: float) -> bool:
+        """Export everything queued so far; False if that took longer than ``timeout_s``."""
+        self._queue.put(_HURRY)
+        done = threading.Thread(target=self._queue.join, daemon=True)
+        done.start()
+        done.join(timeout_s)
+        return not done.is_alive()
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Export what is queued (bounded by ``timeout_s``), then stop the exporter."""
+        if not self.flush(timeout_s):
+            log.warning(
+                "tracing: spans not exported within %.1f s of shutdown are dropped", timeout_s
+            )
+        self.exporter.shutdown()  # aborts a retry in progress
+        self._queue.put(None)
+        self._thread.join(1.0)
 
 
 class SpanSink(Protocol):
@@ -180,20 +264,42 @@ class NullSink:
 
 
 class LocalSink:
-    """Builds each span at once and queues it on a BatchSpanProcessor in this process."""
+    """Exports through an SDK exporter object on a thread of this process."""
 
-    def __init__(self, exporter: SpanExporter, builder: SpanBuilder) -> None:
-        self._processor = make_processor(exporter)
-        self._builder = builder
+    def __init__(self, exporter: SpanExporter, service_name: str, epoch_offset_ns: int) -> None:
+        from batchwire.telemetry.sdk_spans import SdkRecordExporter, SpanBuilder
+
+        builder = SpanBuilder(service_name, epoch_offset_ns)
+        self._queue = ExportQueue(SdkRecordExporter(exporter, builder))
 
     def add(self, record: SpanRecord) -> None:
-        self._processor.on_end(self._builder.span(record))
+        self._queue.add([record])
 
     def flush(self, timeout_s: float) -> bool:
-        return self._processor.force_flush(int(timeout_s * 1000))
+        return self._queue.flush(timeout_s)
 
     def shutdown(self, timeout_s: float) -> None:
-        shutdown_processor(self._processor, timeout_s)
+        self._queue.shutdown(timeout_s)
+
+
+class RecordMessage(NamedTuple):
+    """Records on their way to the exporter process: each as the plain tuple of its
+    fields (see :meth:`ProcessSink.add`), in the list of its type."""
+
+    requests: list[tuple[Any, ...]]
+    batches: list[tuple[Any, ...]]
+
+    @property
+    def size(self) -> int:
+        """How many records it holds."""
+        return len(self.requests) + len(self.batches)
+
+    def records(self) -> list[SpanRecord]:
+        """The records again (requests, then batches)."""
+        return [
+            *map(RequestSpanRecord._make, self.requests),
+            *map(BatchSpanRecord._make, self.batches),
+        ]
 
 
 def _write_message(stream: IO[bytes], message: object) -> None:
@@ -214,10 +320,12 @@ def _read_exact(stream: IO[bytes], size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _read_message(stream: IO[bytes]) -> object:
-    """The next message; raises EOFError when the other side has gone."""
+def _read_message(stream: IO[bytes]) -> tuple[Any, Any]:
+    """The next message: (kind, payload) on stdin, (token, ok) on the ack pipe (see the
+    protocol above); raises EOFError when the other side has gone."""
     (size,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
-    return pickle.loads(_read_exact(stream, size))
+    first, second = pickle.loads(_read_exact(stream, size))
+    return first, second
 
 
 class ProcessSink:
@@ -241,12 +349,13 @@ class ProcessSink:
             os.close(ack_write)
         # Unbuffered: select() must see every acknowledgement that has not been read.
         self._acks = os.fdopen(ack_read, "rb", buffering=0)
-        self._stdin: IO[bytes] = self._proc.stdin  # type: ignore[assignment]
+        assert self._proc.stdin is not None  # stdin=PIPE
+        self._stdin: IO[bytes] = self._proc.stdin
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._packer = RecordPacker()
+        self._pending = RecordMessage([], [])
         self._flushes = 0
-        self._outbox: queue.SimpleQueue[tuple[str, object] | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._alive = True
         self.dropped = DropCounter("exporter process slow or gone")
         self._outbox.put(("config", (config, epoch_offset_ns)))
@@ -257,10 +366,17 @@ class ProcessSink:
     # -- event loop ----------------------------------------------------------------------
 
     def add(self, record: SpanRecord) -> None:
+        # A plain tuple of the record's fields, in its type's list: a NamedTuple is
+        # always tracked by the garbage collector, and a thousand of them waiting here
+        # for 200 ms get promoted and make full collections of the server's heap more
+        # frequent; a tuple of numbers and strings is untracked at its first
+        # collection. It pickles five times faster too.
         with self._lock:
-            packer = self._packer
-            packer.add(record)
-            count = packer.count
+            pending = self._pending
+            (pending.requests if type(record) is RequestSpanRecord else pending.batches).append(
+                tuple(record)
+            )
+            count = pending.size
         if count >= BATCH_RECORDS:
             self._send_pending()
         elif count == 1:
@@ -276,23 +392,23 @@ class ProcessSink:
 
     def _send_pending(self) -> None:
         with self._lock:
-            packer = self._packer
-            if not packer.count:
-                return
-            self._packer = RecordPacker()
-        if not self._alive or self._outbox.qsize() > MAX_PENDING_BATCHES:
-            self.dropped.add(packer.count)
+            pending, self._pending = self._pending, RecordMessage([], [])
+        if not pending.size:
             return
-        self._outbox.put(("spans", packer.take()))
+        if not self._alive or self._outbox.qsize() > MAX_PENDING_BATCHES:
+            self.dropped.add(pending.size)
+            return
+        self._outbox.put(("spans", pending))
 
     # -- writer thread ---------------------------------------------------------------------
 
     def _write(self) -> None:
         stdin = self._stdin
         while (item := self._outbox.get()) is not None:
+            kind, payload = item
             if not self._alive:
-                if item[0] == "spans":
-                    self.dropped.add(item[1].count)  # type: ignore[union-attr]
+                if kind == "spans":
+                    self.dropped.add(payload.size)
                 continue
             try:
                 _write_message(stdin, item)
@@ -318,7 +434,7 @@ class ProcessSink:
                 ready, _, _ = select.select([self._acks], [], [], 0.5)
                 if ready:
                     try:
-                        answered, ok = _read_message(self._acks)  # type: ignore[misc]
+                        answered, ok = _read_message(self._acks)
                     except EOFError:
                         self._alive = False
                         return False
@@ -348,186 +464,37 @@ class ProcessSink:
 # -- the exporter process --------------------------------------------------------------
 
 
-#: Spans per OTLP export request on the record path (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``
-#: wins). Each export has a fixed cost on both ends; measured here (exporter and a
-#: Python receiver, CPU per traced request): 20 + 11 us in exports of 256 spans,
-#: 14-18 + 5-6 us in exports of 1024.
-EXPORT_SPANS = 1024
-#: How long the record path holds a partial export open for more spans
-#: (``OTEL_BSP_SCHEDULE_DELAY`` wins), on top of the server's own ``BATCH_DELAY_S``.
-EXPORT_HOLD_S = 0.2
-#: Queued by :meth:`RecordExport.flush`: export what is held now.
-_HURRY = object()
+def record_exporter(config: TraceConfig, epoch_offset_ns: int) -> RecordExporter:
+    """The exporter process's exporter for ``config.exporter`` (not ``none``)."""
+    if config.exporter == TraceExporter.console:
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
+        from batchwire.telemetry.sdk_spans import SdkRecordExporter, SpanBuilder
 
-def _env_positive_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        log.warning("tracing: %s=%r is not a positive integer; using %d", name, value, default)
-        return default
-    return number
-
-
-class RecordExport:
-    """The exporter process's OTLP/gRPC path: records encoded straight to protobuf
-    (:mod:`batchwire.telemetry.otlp_records`) and exported by one thread, so that
-    reading the server's messages never waits for the collector.
-
-    The export thread encodes the server's messages (up to ``BATCH_RECORDS`` records
-    each) and merges them into export requests of up to ``EXPORT_SPANS`` spans,
-    holding a partial one open for at most ``EXPORT_HOLD_S``: fewer, larger requests
-    cost the exporter and the collector less per span. A flush or a stop exports what
-    is held at once.
-    """
-
-    def __init__(self, config: TraceConfig, builder: SpanBuilder) -> None:
-        from batchwire.telemetry.otlp_records import OtlpRecordEncoder, record_exporter
-
-        self.encoder = OtlpRecordEncoder(builder.resource, builder.scope, builder.offset)
-        self.exporter = record_exporter(grpc_endpoint(config.endpoint), self.encoder)
-        self.max_spans = _env_positive_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", EXPORT_SPANS)
-        self.hold_s = _env_positive_int("OTEL_BSP_SCHEDULE_DELAY", int(EXPORT_HOLD_S * 1000)) / 1000
-        self._queue: queue.Queue[PackedRecords | object | None] = queue.Queue(MAX_PENDING_BATCHES)
-        self._thread = threading.Thread(target=self._run, name="record-export", daemon=True)
-        self._thread.start()
-        self.dropped = DropCounter("collector too slow")
-
-    def add(self, records: PackedRecords) -> None:
-        try:
-            self._queue.put_nowait(records)
-        except queue.Full:
-            self.dropped.add(records.count)
-
-    def _run(self) -> None:
-        # Export thread. Every item taken from the queue is marked done only once its
-        # spans are exported, so that flush() (queue.join) means "exported".
-        get = self._queue.get
-        stopping = False
-        while not stopping:
-            first = get()
-            taken = 1
-            held: list[Block] = []
-            if first is None:
-                stopping = True
-            elif first is not _HURRY:
-                held += self._encoded(first)  # type: ignore[arg-type]
-                count = sum(block.count for block in held)
-                deadline = time.monotonic() + self.hold_s
-                while count < self.max_spans:
-                    try:
-                        item = get(timeout=max(deadline - time.monotonic(), 0.0))
-                    except queue.Empty:
-                        break
-                    taken += 1
-                    if item is None:
-                        stopping = True
-                        break
-                    if item is _HURRY:
-                        break
-                    blocks = self._encoded(item)  # type: ignore[arg-type]
-                    held += blocks
-                    count += sum(block.count for block in blocks)
-            for request in _requests(held, self.max_spans):
-                self._export(request)
-            for _ in range(taken):
-                self._queue.task_done()
-
-    def _encoded(self, records: PackedRecords) -> list[Block]:
-        try:
-            return self.encoder.blocks(records)
-        except Exception:  # a bug here must cost these spans, not the export thread
-            log.exception("tracing: encoding %d span(s) failed", records.count)
-            self.dropped.add(records.count)
-            return []
-
-    def _export(self, blocks: list[Block]) -> None:
-        try:
-            self.exporter.export(blocks)  # logs its own failures
-        except Exception:
-            log.exception(
-                "tracing: exporting %d span(s) failed", sum(block.count for block in blocks)
-            )
-
-    def flush(self, timeout_s: float) -> bool:
-        with contextlib.suppress(queue.Full):
-            self._queue.put(_HURRY, timeout=timeout_s)
-        done = threading.Thread(target=self._queue.join, daemon=True)
-        done.start()
-        done.join(timeout_s)
-        return not done.is_alive()
-
-    def shutdown(self, timeout_s: float) -> None:
-        if not self.flush(timeout_s):
-            log.warning(
-                "tracing: spans not exported within %.1f s of shutdown are dropped", timeout_s
-            )
-        self.exporter.shutdown()  # aborts a retry in progress
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
-        self._thread.join(1.0)
-
-
-def _requests(blocks: list[Block], max_spans: int) -> Iterator[list[Block]]:
-    """``blocks`` cut into export requests of at most ``max_spans`` spans each, a block
-    split between its spans where a request fills up."""
-    request: list[Block] = []
-    room = max_spans
-    for block in blocks:
-        while block.count > room:
-            cut = room * block.row_size
-            request.append(block._replace(data=block.data[:cut], count=room))
-            yield request
-            block = block._replace(data=block.data[cut:], count=block.count - room)
-            request, room = [], max_spans
-        if block.count:
-            request.append(block)
-            room -= block.count
-        if room == 0:
-            yield request
-            request, room = [], max_spans
-    if request:
-        yield request
+        console = ConsoleSpanExporter(service_name=config.service_name)
+        return SdkRecordExporter(console, SpanBuilder(config.service_name, epoch_offset_ns))
+    return OtlpRecordExporter(config, epoch_offset_ns)
 
 
 def serve_exporter(source: IO[bytes], acks: IO[bytes]) -> None:
     """The exporter process: read records from ``source``, export their spans."""
-    kind, payload = _read_message(source)  # type: ignore[misc]
+    kind, payload = _read_message(source)
     if kind != "config":
         raise RuntimeError(f"expected the config message first, got {kind!r}")
     config, offset = payload
-    builder = span_builder(config.service_name, offset)
-    direct = RecordExport(config, builder) if config.exporter == "otlp-grpc" else None
-    processor = None if direct is not None else make_processor(make_exporter(config))
+    export = ExportQueue(record_exporter(config, offset))
     stop_timeout = 5.0
     while True:
         try:
-            kind, payload = _read_message(source)  # type: ignore[misc]
+            kind, payload = _read_message(source)
         except EOFError:  # the server has gone
             break
         if kind == "spans":
-            if direct is not None:
-                direct.add(payload)
-            else:
-                on_end = processor.on_end  # type: ignore[union-attr]
-                for record in unpack_records(payload):
-                    on_end(builder.span(record))
+            export.add(payload.records())
         elif kind == "flush":
             token, timeout_s = payload
-            if direct is not None:
-                ok = direct.flush(timeout_s)
-            else:
-                ok = processor.force_flush(int(timeout_s * 1000))  # type: ignore[union-attr]
-            _write_message(acks, (token, ok))
+            _write_message(acks, (token, export.flush(timeout_s)))
         elif kind == "stop":
             stop_timeout = payload
             break
-    if direct is not None:
-        direct.shutdown(stop_timeout)
-    else:
-        shutdown_processor(processor, stop_timeout)  # type: ignore[arg-type]
+    export.shutdown(stop_timeout)

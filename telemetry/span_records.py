@@ -1,32 +1,35 @@
-"""Compact span records, and their conversion into OpenTelemetry spans.
+"""Span records, and the one table that turns a record into a span's fields.
 
-The event loop records what a traced request or batch did as a small tuple of
-numbers and strings (a few microseconds); everything costly -- building
-:class:`~opentelemetry.sdk.trace.ReadableSpan` objects, their events and
-attributes, and encoding them for export -- happens later, wherever the records
-are exported (see :mod:`batchwire.telemetry.span_export`). Records pickle cheaply,
-so they can cross to an exporter process.
+The event loop records what a traced request or batch did as a small named tuple of
+numbers and strings (a microsecond or two); the spans themselves are built later,
+wherever the records are exported (:mod:`batchwire.telemetry.span_export`). Records
+pickle as they are, so they cross to the exporter process.
 
-Timestamps in records are ``time.perf_counter_ns`` values; ``epoch_offset_ns``
-(the Unix epoch minus perf_counter, captured once by the server) turns them into
-span times.
+:func:`describe` is the only place that names span attributes and events: the OTLP
+encoder (:mod:`batchwire.telemetry.otlp_encoding`) and the SDK span builder
+(:mod:`batchwire.telemetry.sdk_spans`) both encode what it returns.
+
+Timestamps in records are ``time.perf_counter_ns`` values; ``epoch_offset_ns`` (the
+Unix epoch minus perf_counter, captured once by the server) turns them into span
+times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Sequence
 from typing import NamedTuple
 
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
-from opentelemetry.trace.status import Status, StatusCode
+__all__ = [
+    "AttributeValue",
+    "BatchSpanRecord",
+    "RequestSpanRecord",
+    "SpanFields",
+    "SpanRecord",
+    "describe",
+]
 
-__all__ = ["BatchSpanRecord", "RequestSpanRecord", "SpanBuilder", "SpanRecord"]
-
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_OK = Status(StatusCode.UNSET)
+#: What an attribute holds (OTLP AnyValue's scalar kinds, or a list of ints).
+AttributeValue = str | bool | int | float | Sequence[int]
 
 
 class RequestSpanRecord(NamedTuple):
@@ -87,108 +90,140 @@ class BatchSpanRecord(NamedTuple):
 SpanRecord = RequestSpanRecord | BatchSpanRecord
 
 
-class SpanBuilder:
-    """Turns records into ReadableSpans for one service (resource) and clock offset."""
+# -- the table -------------------------------------------------------------------------
 
-    def __init__(self, resource: Resource, scope: InstrumentationScope, epoch_offset_ns: int):
-        self.resource = resource
-        self.scope = scope
-        self.offset = epoch_offset_ns
+#: Attributes every request span carries, whatever its record says.
+RPC_ATTRIBUTES: tuple[tuple[str, AttributeValue], ...] = (
+    ("rpc.system", "grpc"),
+    ("rpc.service", "inference.GRPCInferenceService"),
+)
+#: Request span attributes from record fields: (key, field, kept when the value is
+#: empty: "", 0).
+REQUEST_ATTRIBUTES: tuple[tuple[str, str, bool], ...] = (
+    ("rpc.method", "method", True),
+    ("batchwire.model.name", "model", True),
+    ("rpc.grpc.status_code", "grpc_status", True),
+    ("batchwire.model.version", "version", False),
+    ("batchwire.request.id", "request_id", False),
+    ("batchwire.batch.size", "batch_size", False),
+)
+#: trace_level TENSORS: per input, its shape and dtype under these keys.
+TENSOR_SHAPE = "batchwire.input.{}.shape"
+TENSOR_DTYPE = "batchwire.input.{}.dtype"
+#: Batch span attributes: (key, field), always present.
+BATCH_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("batchwire.model.name", "model"),
+    ("batchwire.model.version", "version"),
+    ("batchwire.batch.size", "size"),
+    ("batchwire.batch.padded_size", "padded_size"),
+    ("batchwire.batch.request_count", "request_count"),
+    ("batchwire.device", "device"),
+    ("batchwire.instance", "instance"),
+)
+#: Set, with ERROR status, on a span whose request or batch failed.
+ERROR_TYPE = "error.type"
+#: Request span events (name, record field) of a request whose batch ran...
+COMPUTE_EVENTS: tuple[tuple[str, str], ...] = (
+    ("queue_start", "received_ns"),
+    ("compute_start", "queued_ns"),
+    ("compute_input_end", "input_end_ns"),
+    ("compute_output_start", "infer_end_ns"),
+    ("compute_end", "output_end_ns"),
+)
+#: ... of one that failed before its batch ran (queue timeout, shutdown...) ...
+QUEUE_EVENTS: tuple[tuple[str, str], ...] = (
+    ("queue_start", "received_ns"),
+    ("queue_end", "queued_ns"),
+)
+#: ... and last, when its response was encoded.
+SEND_EVENT = ("response_send", "send_ns")
+BATCH_EVENTS: tuple[tuple[str, str], ...] = (
+    ("compute_input_end", "input_end_ns"),
+    ("compute_output_start", "infer_end_ns"),
+)
+BATCH_SPAN_NAME = "batch"
 
-    def build(self, records: Iterable[SpanRecord]) -> Iterator[ReadableSpan]:
-        """One span per record, in order."""
-        return map(self.span, records)
 
-    def span(self, record: SpanRecord) -> ReadableSpan:
-        """The span of one record."""
-        if type(record) is RequestSpanRecord:
-            return self.request_span(record)
-        return self.batch_span(record)  # type: ignore[arg-type]
+class SpanFields(NamedTuple):
+    """A span as every encoder sees it; times are Unix epoch ns."""
 
-    def request_span(self, r: RequestSpanRecord) -> ReadableSpan:
-        offset = self.offset
-        attributes: dict[str, object] = {
-            "rpc.system": "grpc",
-            "rpc.service": "inference.GRPCInferenceService",
-            "rpc.method": r.method,
-            "batchwire.model.name": r.model,
-            "rpc.grpc.status_code": r.grpc_status,
-        }
-        if r.version:
-            attributes["batchwire.model.version"] = r.version
-        if r.request_id:
-            attributes["batchwire.request.id"] = r.request_id
-        if r.batch_size:
-            attributes["batchwire.batch.size"] = r.batch_size
-        for name, shape, dtype in r.tensors:
-            attributes[f"batchwire.input.{name}.shape"] = list(shape)
-            attributes[f"batchwire.input.{name}.dtype"] = dtype
-        if r.error_type:
-            attributes["error.type"] = r.error_type
-            status = Status(StatusCode.ERROR, r.error_message)
-        else:
-            status = _OK
-        events = []
-        if r.received_ns:
-            events.append(Event("queue_start", None, r.received_ns + offset))
-            if r.batch_size:
-                events += (
-                    Event("compute_start", None, r.queued_ns + offset),
-                    Event("compute_input_end", None, r.input_end_ns + offset),
-                    Event("compute_output_start", None, r.infer_end_ns + offset),
-                    Event("compute_end", None, r.output_end_ns + offset),
-                )
-            else:  # failed before its batch ran (queue timeout, shutdown...)
-                events.append(Event("queue_end", None, r.queued_ns + offset))
-        if r.send_ns:
-            events.append(Event("response_send", None, r.send_ns + offset))
-        parent = None
-        if r.parent_span_id:
-            parent = SpanContext(r.trace_id, r.parent_span_id, r.parent_remote, _SAMPLED)
-        return ReadableSpan(
-            name=r.method,
-            context=SpanContext(r.trace_id, r.span_id, False, _SAMPLED),
-            parent=parent,
-            resource=self.resource,
-            attributes=attributes,
-            events=events,
-            kind=SpanKind.SERVER,
-            status=status,
-            start_time=r.start_ns + offset,
-            end_time=r.end_ns + offset,
-            instrumentation_scope=self.scope,
-        )
+    name: str
+    #: SERVER (a request) or INTERNAL (a batch).
+    server: bool
+    trace_id: int
+    span_id: int
+    #: 0: no parent.
+    parent_span_id: int
+    parent_remote: bool
+    start_ns: int
+    end_ns: int
+    attributes: list[tuple[str, AttributeValue]]
+    #: (name, time) in time order.
+    events: list[tuple[str, int]]
+    #: (trace_id, span_id) of linked spans (in this process, sampled).
+    links: tuple[tuple[int, int], ...]
+    #: None: status UNSET; else status ERROR with this description.
+    error: str | None
 
-    def batch_span(self, r: BatchSpanRecord) -> ReadableSpan:
-        offset = self.offset
-        attributes: dict[str, object] = {
-            "batchwire.model.name": r.model,
-            "batchwire.model.version": r.version,
-            "batchwire.batch.size": r.size,
-            "batchwire.batch.padded_size": r.padded_size,
-            "batchwire.batch.request_count": r.request_count,
-            "batchwire.device": r.device,
-            "batchwire.instance": r.instance,
-        }
-        if r.error_type:
-            attributes["error.type"] = r.error_type
-            status = Status(StatusCode.ERROR, r.error_message)
-        else:
-            status = _OK
-        return ReadableSpan(
-            name="batch",
-            context=SpanContext(r.trace_id, r.span_id, False, _SAMPLED),
-            parent=None,
-            resource=self.resource,
-            attributes=attributes,
-            events=(
-                Event("compute_input_end", None, r.input_end_ns + offset),
-                Event("compute_output_start", None, r.infer_end_ns + offset),
-            ),
-            links=[Link(SpanContext(t, s, False, _SAMPLED)) for t, s in r.links],
-            kind=SpanKind.INTERNAL,
-            status=status,
-            start_time=r.start_ns + offset,
-            end_time=r.end_ns + offset,
-            instrumentation_scope=self.scope,
-        )
+
+def describe(record: SpanRecord, epoch_offset_ns: int) -> SpanFields:
+    """The span of ``record``, its perf_counter times moved to the epoch by the offset."""
+    if isinstance(record, RequestSpanRecord):
+        return _request(record, epoch_offset_ns)
+    return _batch(record, epoch_offset_ns)
+
+
+def _request(r: RequestSpanRecord, offset: int) -> SpanFields:
+    attributes = list(RPC_ATTRIBUTES)
+    for key, field, always in REQUEST_ATTRIBUTES:
+        value = getattr(r, field)
+        if always or value:
+            attributes.append((key, value))
+    for name, shape, dtype in r.tensors:
+        attributes.append((TENSOR_SHAPE.format(name), list(shape)))
+        attributes.append((TENSOR_DTYPE.format(name), dtype))
+    phases: tuple[tuple[str, str], ...] = ()
+    if r.received_ns:
+        phases = COMPUTE_EVENTS if r.batch_size else QUEUE_EVENTS
+    if r.send_ns:
+        phases += (SEND_EVENT,)
+    return SpanFields(
+        r.method,
+        True,
+        r.trace_id,
+        r.span_id,
+        r.parent_span_id,
+        r.parent_remote,
+        r.start_ns + offset,
+        r.end_ns + offset,
+        _with_error(attributes, r.error_type),
+        [(name, getattr(r, field) + offset) for name, field in phases],
+        (),
+        r.error_message if r.error_type else None,
+    )
+
+
+def _batch(r: BatchSpanRecord, offset: int) -> SpanFields:
+    attributes = [(key, getattr(r, field)) for key, field in BATCH_ATTRIBUTES]
+    return SpanFields(
+        BATCH_SPAN_NAME,
+        False,
+        r.trace_id,
+        r.span_id,
+        0,
+        False,
+        r.start_ns + offset,
+        r.end_ns + offset,
+        _with_error(attributes, r.error_type),
+        [(name, getattr(r, field) + offset) for name, field in BATCH_EVENTS],
+        r.links,
+        r.error_message if r.error_type else None,
+    )
+
+
+def _with_error(
+    attributes: list[tuple[str, AttributeValue]], error_type: str
+) -> list[tuple[str, AttributeValue]]:
+    if error_type:
+        attributes.append((ERROR_TYPE, error_type))
+    return attributes

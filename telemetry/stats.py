@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from batchwire.core.errors import InferenceError
@@ -237,7 +237,7 @@ class ModelObserver:
             )
 
 
-def statistics_dict(stats: ModelStats, epoch_offset_ns: int) -> dict:
+def statistics_dict(stats: ModelStats, epoch_offset_ns: int) -> dict[str, Any]:
     """``stats`` in the JSON shape of Triton's ``ModelStatistics`` message.
 
     ``epoch_offset_ns`` converts perf_counter_ns to Unix-epoch nanoseconds.

@@ -45,32 +45,35 @@ updates them.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.trace import SpanContext, TraceFlags, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from batchwire.telemetry.span_export import (
-    LocalSink,
-    NullSink,
-    ProcessSink,
-    SpanSink,
-    span_builder,
-)
+from batchwire.telemetry.span_export import LocalSink, NullSink, ProcessSink, SpanSink
 from batchwire.telemetry.span_records import BatchSpanRecord, RequestSpanRecord
+from batchwire.telemetry.trace_config import TraceConfig, TraceExporter, TraceMode
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from batchwire.core.observer import BatchRecord
     from batchwire.core.types import InferenceRequest
+
+__all__ = [
+    "ACTIVE_REQUEST",
+    "RequestSpan",
+    "TraceConfig",
+    "TraceSettingError",
+    "TraceSettings",
+    "Tracing",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,121 +81,6 @@ _perf_ns = time.perf_counter_ns
 _getrandbits = random.getrandbits
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _MASK64 = (1 << 64) - 1
-
-TRACE_MODES = ("off", "ratio", "always")
-TRACE_EXPORTERS = ("otlp-grpc", "otlp-http", "console", "none")
-#: --trace-rate when --trace-mode ratio is given without one.
-DEFAULT_RATIO = 0.1
-
-
-# -- configuration ---------------------------------------------------------------------
-
-
-def _env(environ: Mapping[str, str], *names: str) -> str | None:
-    for name in names:
-        value = environ.get(name, "").strip()
-        if value:
-            return value
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class TraceConfig:
-    """Where traces go and how many: flags first, then ``OTEL_*`` variables, then defaults."""
-
-    mode: str = "off"
-    #: Probability of tracing a request without a sampled parent (mode ``ratio``).
-    rate: float = 1.0
-    exporter: str = "otlp-grpc"
-    #: None lets the OTLP exporter read OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT.
-    endpoint: str | None = None
-    service_name: str = "batchwire"
-
-    def __post_init__(self) -> None:
-        if self.mode not in TRACE_MODES:
-            raise ValueError(
-                f"trace mode must be one of {', '.join(TRACE_MODES)}, got '{self.mode}'"
-            )
-        if not 0.0 <= self.rate <= 1.0:
-            raise ValueError(f"trace rate must be in [0, 1], got {self.rate}")
-        if self.exporter not in TRACE_EXPORTERS:
-            raise ValueError(
-                f"trace exporter must be one of {', '.join(TRACE_EXPORTERS)}, got '{self.exporter}'"
-            )
-
-    @classmethod
-    def resolve(
-        cls,
-        *,
-        mode: str | None = None,
-        rate: float | None = None,
-        exporter: str | None = None,
-        endpoint: str | None = None,
-        service_name: str = "batchwire",
-        environ: Mapping[str, str] | None = None,
-    ) -> TraceConfig:
-        """Merge explicit settings (None: not given) with the OTEL_* environment.
-
-        Honoured: OTEL_SDK_DISABLED, OTEL_TRACES_SAMPLER (always_on, always_off,
-        traceidratio and their parentbased_ forms; sampled parents are always
-        followed), OTEL_TRACES_SAMPLER_ARG, OTEL_TRACES_EXPORTER (otlp, console,
-        none) with OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL (grpc, http/protobuf),
-        OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT (read by the exporter itself) and
-        OTEL_SERVICE_NAME.
-        """
-        env = os.environ if environ is None else environ
-        env_mode, env_rate = _sampler_from_env(env)
-        if mode is None:
-            mode = env_mode or "off"
-        if rate is None:
-            if env_rate is not None and mode == "ratio":
-                rate = env_rate
-            else:
-                rate = DEFAULT_RATIO if mode == "ratio" else 1.0
-        if exporter is None:
-            exporter = _exporter_from_env(env) or "otlp-grpc"
-        service = _env(env, "OTEL_SERVICE_NAME") or service_name
-        return cls(mode=mode, rate=rate, exporter=exporter, endpoint=endpoint, service_name=service)
-
-
-def _sampler_from_env(env: Mapping[str, str]) -> tuple[str | None, float | None]:
-    if (_env(env, "OTEL_SDK_DISABLED") or "").lower() == "true":
-        return "off", None
-    sampler = (_env(env, "OTEL_TRACES_SAMPLER") or "").lower()
-    if not sampler:
-        return None, None
-    arg = _env(env, "OTEL_TRACES_SAMPLER_ARG")
-    if sampler in ("always_on", "parentbased_always_on"):
-        return "always", None
-    if sampler == "always_off":
-        return "off", None
-    if sampler == "parentbased_always_off":
-        return "ratio", 0.0
-    if sampler in ("traceidratio", "parentbased_traceidratio"):
-        try:
-            ratio = 1.0 if arg is None else float(arg)
-        except ValueError:
-            log.warning("OTEL_TRACES_SAMPLER_ARG=%r is not a number; using 1.0", arg)
-            ratio = 1.0
-        return "ratio", min(max(ratio, 0.0), 1.0)
-    log.warning("OTEL_TRACES_SAMPLER=%r is not supported; tracing stays off", sampler)
-    return None, None
-
-
-def _exporter_from_env(env: Mapping[str, str]) -> str | None:
-    value = _env(env, "OTEL_TRACES_EXPORTER")
-    if value is None:
-        return None
-    for name in (part.strip().lower() for part in value.split(",")):
-        if name == "otlp":
-            protocol = _env(
-                env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
-            )
-            return "otlp-grpc" if (protocol or "grpc") == "grpc" else "otlp-http"
-        if name in ("console", "none"):
-            return name
-    log.warning("OTEL_TRACES_EXPORTER=%r names no supported exporter; using otlp", value)
-    return None
 
 
 # -- Triton trace settings -------------------------------------------------------------
@@ -259,8 +147,8 @@ class TraceSettings:
     """
 
     def __init__(self, config: TraceConfig) -> None:
-        level = ["OFF"] if config.mode == "off" else ["TIMESTAMPS"]
-        ratio = 1.0 if config.mode == "always" else config.rate
+        level = ["OFF"] if config.mode == TraceMode.off else ["TIMESTAMPS"]
+        ratio = 1.0 if config.mode == TraceMode.always else config.rate
         self._default_ratio = ratio
         self._defaults: dict[str, list[str]] = {
             "trace_level": level,
@@ -295,19 +183,19 @@ class TraceSettings:
                 raise TraceSettingError(
                     f"unknown trace setting '{key}'; expected one of {', '.join(TRACE_SETTING_KEYS)}"
                 )
-            values = [str(v) for v in values]
-            checked[key] = _validate(key, values) if values else None
+            given = [str(v) for v in values]
+            checked[key] = _validate(key, given) if given else None
         target = self._models.setdefault(model, {}) if model else self._global
-        for key, values in checked.items():
-            if values is None:
+        for key, value in checked.items():
+            if value is None:
                 if model:
                     target.pop(key, None)
                 else:
                     target[key] = list(self._defaults[key])
             else:
-                target[key] = values
+                target[key] = value
             if key == "trace_count":
-                self._reset_counter(model, values)
+                self._reset_counter(model, value)
         if model and not target:
             self._models.pop(model, None)
         self._recompile()
@@ -445,19 +333,6 @@ ACTIVE_REQUEST: ContextVar[tuple[int, int] | None] = ContextVar(
 )
 
 
-def _metadata_getter(carrier: Mapping[str, str], key: str) -> list[str] | None:
-    value = carrier.get(key)
-    return None if value is None else [value]
-
-
-class _Getter:
-    get = staticmethod(_metadata_getter)
-
-    @staticmethod
-    def keys(carrier: Mapping[str, str]) -> list[str]:
-        return list(carrier)
-
-
 class Tracing:
     """Samples requests, builds their spans and the batch spans, exports them."""
 
@@ -475,7 +350,6 @@ class Tracing:
         self._sink: SpanSink | None = None
         self._lock = threading.Lock()
         self._propagator = TraceContextTextMapPropagator()
-        self._getter = _Getter()
         #: perf_counter_ns + offset = Unix epoch ns.
         self.epoch_offset_ns = time.time_ns() - _perf_ns()
         self._closed = False
@@ -504,10 +378,9 @@ class Tracing:
                 return
             exporter = self._given_exporter
             if exporter is not None:
-                builder = span_builder(self.config.service_name, self.epoch_offset_ns)
-                self._sink = LocalSink(exporter, builder)
+                self._sink = LocalSink(exporter, self.config.service_name, self.epoch_offset_ns)
                 where = f"with {type(exporter).__name__} in-process"
-            elif self.config.exporter == "none":
+            elif self.config.exporter == TraceExporter.none:
                 self._sink = NullSink()
                 where = "nowhere (exporter none)"
             else:
@@ -530,7 +403,7 @@ class Tracing:
                 carrier[key] = value
         if carrier is None or "traceparent" not in carrier:
             return None
-        parent = get_current_span(self._propagator.extract(carrier, getter=self._getter))
+        parent = get_current_span(self._propagator.extract(carrier))
         context = parent.get_span_context()
         return context if context.is_valid else None
 
@@ -596,27 +469,27 @@ class Tracing:
                 )
         sink.add(
             RequestSpanRecord(
-                span.trace_id,
-                span.span_id,
-                0 if parent is None else parent.span_id,
-                parent is not None and parent.is_remote,
-                span.method,
-                span.model,
-                span.version,
-                request_id,
-                batch_size,
-                span.start_ns,
-                end,
-                received,
-                queued,
-                input_end,
-                infer_end,
-                output_end,
-                span.send_ns,
-                status,
-                error_type,
-                message,
-                tensors,
+                trace_id=span.trace_id,
+                span_id=span.span_id,
+                parent_span_id=0 if parent is None else parent.span_id,
+                parent_remote=parent is not None and parent.is_remote,
+                method=span.method,
+                model=span.model,
+                version=span.version,
+                request_id=request_id,
+                batch_size=batch_size,
+                start_ns=span.start_ns,
+                end_ns=end,
+                received_ns=received,
+                queued_ns=queued,
+                input_end_ns=input_end,
+                infer_end_ns=infer_end,
+                output_end_ns=output_end,
+                send_ns=span.send_ns,
+                grpc_status=status,
+                error_type=error_type,
+                error_message=message,
+                tensors=tensors,
             )
         )
 
@@ -633,22 +506,22 @@ class Tracing:
         error = record.error
         sink.add(
             BatchSpanRecord(
-                _getrandbits(128) or 1,
-                _getrandbits(64) or 1,
-                record.model,
-                record.version,
-                record.size,
-                record.padded_size,
-                record.request_count,
-                record.device,
-                record.instance,
-                start,
-                input_end,
-                infer_end,
-                infer_end + record.compute_output_ns,
-                tuple(ids for ids in record.trace_contexts if type(ids) is tuple),
-                "" if error is None else type(error).__name__,
-                "" if error is None else error.message,
+                trace_id=_getrandbits(128) or 1,
+                span_id=_getrandbits(64) or 1,
+                model=record.model,
+                version=record.version,
+                size=record.size,
+                padded_size=record.padded_size,
+                request_count=record.request_count,
+                device=record.device,
+                instance=record.instance,
+                start_ns=start,
+                input_end_ns=input_end,
+                infer_end_ns=infer_end,
+                end_ns=infer_end + record.compute_output_ns,
+                links=tuple(ids for ids in record.trace_contexts if type(ids) is tuple),
+                error_type="" if error is None else type(error).__name__,
+                error_message="" if error is None else error.message,
             )
         )
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import numpy as np
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from testsupport import start_server
@@ -104,51 +101,25 @@ def test_stream_spans_reach_the_receiver_each_with_its_request_id(
     assert all(s.trace_id.hex() == TRACE_ID for s in streamed)
 
 
-class _OtlpHttpHandler(BaseHTTPRequestHandler):
-    received: list[trace_service_pb2.ExportTraceServiceRequest]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        request = trace_service_pb2.ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        self.server.received.append((self.path, request))  # type: ignore[attr-defined]
-        payload = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_spans_reach_an_otlp_http_receiver(examples_repository) -> None:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _OtlpHttpHandler)
-    httpd.received = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+def test_spans_reach_an_otlp_http_receiver(examples_repository, http_collector) -> None:
+    server = start_server(
+        examples_repository,
+        trace_mode="always",
+        trace_exporter="otlp-http",
+        trace_endpoint=http_collector.url.removeprefix("http://"),  # a bare host:port
+    )
     try:
-        server = start_server(
-            examples_repository,
-            trace_mode="always",
-            trace_exporter="otlp-http",
-            trace_endpoint=f"127.0.0.1:{httpd.server_address[1]}",
-        )
-        try:
-            _send_traced_requests(server.address, count=2)
-            server.server.telemetry.tracing.flush()
-        finally:
-            server.stop()
+        _send_traced_requests(server.address, count=2)
+        server.server.telemetry.tracing.flush()
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-    received = httpd.received  # type: ignore[attr-defined]
-    assert received and {path for path, _ in received} == {"/v1/traces"}
+        server.stop()
+    received = http_collector.received
+    assert received and {r.path for r in received} == {"/v1/traces"}
+    assert {r.headers["content-type"] for r in received} == {"application/x-protobuf"}
     spans = [
         span
-        for _, request in received
-        for resource in request.resource_spans
+        for r in received
+        for resource in r.request.resource_spans
         for scope in resource.scope_spans
         for span in scope.spans
     ]

@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def _get(url: str) -> dict:
         return json.loads(response.read())
 
 
-def _wait(what: str, check, timeout: float) -> object:  # type: ignore[no-untyped-def]
+def _wait(what: str, check: Callable[[], object], timeout: float) -> object:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -65,7 +66,7 @@ def test_prometheus_scrapes_the_request_count(examples_repository, tmp_path: Pat
     log = (tmp_path / "prometheus.log").open("w")
     prometheus = subprocess.Popen(
         [
-            PROMETHEUS,  # type: ignore[list-item]
+            str(PROMETHEUS),  # the test skips without one
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'data'}",
             f"--web.listen-address=127.0.0.1:{web}",

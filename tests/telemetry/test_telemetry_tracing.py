@@ -13,7 +13,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from batchwire.clients import AsyncInferenceClient, InferenceClient
 from batchwire.clients.errors import InferenceServerError
-from batchwire.telemetry.tracing import TraceConfig, TraceSettingError, Tracing
+from batchwire.telemetry.trace_config import TraceConfig
+from batchwire.telemetry.tracing import TraceSettingError, Tracing
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 PARENT_ID = 0xB7AD6B7169203331
@@ -68,20 +69,16 @@ def test_server_span_is_a_child_of_the_callers_traceparent(telemetry_server, spa
     assert stamps[-1] <= server.end_time <= after + slack
 
 
-def test_batch_span_links_every_request_span_in_its_batch(telemetry_server, spans) -> None:
+async def test_batch_span_links_every_request_span_in_its_batch(telemetry_server, spans) -> None:
     trace_ids = [(0x5EED << 96) | i for i in range(1, 25)]
-
-    async def burst() -> None:
-        async with AsyncInferenceClient(telemetry_server.address) as client:
-            await asyncio.gather(
-                *(
-                    client.infer("mlp_window", x(2), headers={"traceparent": traceparent(t)})
-                    for t in trace_ids
-                )
+    async with AsyncInferenceClient(telemetry_server.address) as client:
+        await asyncio.gather(
+            *(
+                client.infer("mlp_window", x(2), headers={"traceparent": traceparent(t)})
+                for t in trace_ids
             )
-
-    asyncio.run(burst())
-    every = spans()
+        )
+    every = await asyncio.to_thread(spans)  # spans() blocks until the export is done
     requests = {
         s.context.span_id: s
         for s in every

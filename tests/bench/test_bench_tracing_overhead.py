@@ -9,6 +9,8 @@ import pytest
 
 from batchwire.bench.tracing_overhead import TARGET, run
 
+pytestmark = pytest.mark.slow
+
 
 def test_tracing_overhead_benchmark_writes_json_and_png(
     tmp_path: Path, examples_repository: Path
