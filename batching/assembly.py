@@ -98,7 +98,7 @@ class Assembler:
         #: (name, tail axes ignored by the shape key)
         self._key_parts: list[tuple[str, tuple[int, ...]]] = []
         for t in spec.inputs:
-            ragged = ()
+            ragged: tuple[int, ...] = ()
             if self.batched and t.allow_ragged_batch:
                 ragged = tuple(i for i, d in enumerate(t.dims) if d == -1)
             self._inputs.append((t.name, ragged, _pad_scalar(pad_value, t.datatype)))
@@ -117,7 +117,7 @@ class Assembler:
 
     def shape_key(self, inputs: dict[str, np.ndarray]) -> Hashable:
         """Requests batch together only when their keys are equal."""
-        key = []
+        key: list[tuple[int, ...] | None] = []
         for name, ignored in self._key_parts:
             array = inputs.get(name)
             if array is None:
@@ -272,9 +272,13 @@ class Assembler:
             out = {}
             for name in request.requested_outputs or names_all:
                 cut = slicers.get(name)
-                out[name] = (
-                    converted[name][rows] if cut is None else converted[name][(rows, *cut[index])]
-                )
+                if cut is None:
+                    out[name] = converted[name][rows]
+                else:
+                    # A tuple built apart from the subscript: mypy reads ``a[(x, *y)]`` as
+                    # ``a[x, *y]`` (Python 3.11 syntax) when targeting 3.10.
+                    where = (rows, *cut[index])
+                    out[name] = converted[name][where]
             results.append(out)
         return results
 

@@ -48,7 +48,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 
@@ -144,7 +145,8 @@ class ModelBatcher:
             adaptive=explicit is None,
         )
 
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set by start(); nothing reads it before (submit refuses until then).
+        self._loop: asyncio.AbstractEventLoop
         self._instances: list[Instance] = []
         self._idle = 0  # instances with nothing to run
         self._jobs = 0  # batches handed to workers and not yet back
@@ -160,7 +162,7 @@ class ModelBatcher:
         self._stopping = False
         self._closed = False
         self._drained: asyncio.Event | None = None
-        self._stop_done: asyncio.Future | None = None
+        self._stop_done: asyncio.Future[None] | None = None
         self._model_closed = False
 
     # -- public API ----------------------------------------------------------------
@@ -247,7 +249,7 @@ class ModelBatcher:
             self._seq += 1
             entry = Entry(
                 request,
-                self._loop.create_future(),  # type: ignore[union-attr]
+                self._loop.create_future(),
                 request.batch_size if self._batched else 1,
                 key,
                 level,
@@ -262,10 +264,10 @@ class ModelBatcher:
         self._policy.on_arrival(now)
         if self._preserve:
             self._order.append(entry)
-        if entry.expires is not None or entry.deadline is not None:
-            expiry = entry.deadline if entry.expires is None else entry.expires
-            if entry.deadline is not None and entry.deadline < expiry:
-                expiry = entry.deadline
+        expiry, deadline = entry.expires, entry.deadline
+        if deadline is not None and (expiry is None or deadline < expiry):
+            expiry = deadline
+        if expiry is not None:
             self._arm(expiry)
         alone = self._idle and self._in_flight == 1
         if (
@@ -273,7 +275,7 @@ class ModelBatcher:
             and self._kick is None
             and (self._idle or (self._pipelined and queue.items >= self._max_items))
         ):
-            self._kick = self._loop.call_soon(self._schedule)  # type: ignore[union-attr]
+            self._kick = self._loop.call_soon(self._schedule)
         try:
             if alone:
                 # Nothing else of this model is queued or running: this task runs the
@@ -330,7 +332,7 @@ class ModelBatcher:
         while queue.depth:
             instance = self._free_instance()
             staging = instance is None
-            if staging:
+            if instance is None:
                 if not self._pipelined:
                     break
                 instance = self._stageable_instance()
@@ -399,9 +401,7 @@ class ModelBatcher:
             timer.cancel()
         self._timer_at = when
         delay = when - _monotonic()
-        self._timer = self._loop.call_later(  # type: ignore[union-attr]
-            delay if delay > 0.0 else 0.0, self._on_timer, when
-        )
+        self._timer = self._loop.call_later(delay if delay > 0.0 else 0.0, self._on_timer, when)
 
     def _on_timer(self, when: float) -> None:
         self._timer = None
@@ -455,7 +455,7 @@ class ModelBatcher:
         self._run_job(job, BaseException)
         # RuntimeError: the loop is closed, nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._job_done, job)  # type: ignore[union-attr]
+            self._loop.call_soon_threadsafe(self._job_done, job)
 
     def _job_done(self, job: Job) -> None:
         """Loop thread: a batch came back from a worker; answer it, then schedule again."""
@@ -516,7 +516,7 @@ class ModelBatcher:
                 outcome = entry.outcome
                 if outcome is None and not entry.future.done():
                     return
-                self._deliver(entry, outcome)  # type: ignore[arg-type]
+                self._deliver(entry, outcome)
             order.popleft()
 
     def _deliver(self, entry: Entry, outcome: InferenceResult | InferenceError | None) -> None:
@@ -530,8 +530,10 @@ class ModelBatcher:
             future.set_result(outcome)
             error = None
         else:
-            future.set_exception(outcome)  # type: ignore[arg-type]
-            error = outcome  # type: ignore[assignment]
+            # Not None: an entry is delivered without an outcome only once its future is
+            # done (cancelled), which the first branch takes.
+            error = cast(InferenceError, outcome)
+            future.set_exception(error)
         self._finish(entry, error)
 
     def _finish(self, entry: Entry, error: InferenceError | None) -> None:
@@ -558,7 +560,7 @@ class ModelBatcher:
 
     # -- observer ------------------------------------------------------------------
 
-    def _notify(self, method, *args) -> None:  # type: ignore[no-untyped-def]
+    def _notify(self, method: Callable[..., object], *args: object) -> None:
         try:
             method(*args)
         except Exception:
@@ -651,7 +653,7 @@ class ModelBatcher:
         held = [entry for entry in self._order if entry.outcome is not None]
         self._order.clear()
         for entry in held:  # preserve_ordering: answers that were ready go out as they are
-            self._deliver(entry, entry.outcome)  # type: ignore[arg-type]
+            self._deliver(entry, entry.outcome)
         leftovers = self._queue.drain()
         for job in self._running:
             leftovers.extend(entry for entry in job.entries if entry.state == TAKEN)

@@ -49,7 +49,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ class Instance:
             initargs=(device if self.cuda else None, threads),
         )
         self.runner: ModelRunner | None = None
-        self.stream = None
+        self.stream: torch.cuda.Stream | None = None
         self.pinned: dict[str, torch.Tensor] = {}
         #: Batches handed to the worker and not yet reported back (loop thread only).
         self.busy = 0
@@ -365,14 +365,19 @@ class Executor:
         """One runner call: (per-request outputs, (input, infer, output) ns, padded size)."""
         t0 = _perf_ns()
         runner = instance.runner
+        # load() set both before the instance took its first batch; stop() clears the
+        # runner only once nothing runs.
+        assert runner is not None
         if instance.cuda:
             batch = self._assembler.assemble(requests, sizes, instance.stage)
             stream = instance.stream
+            assert stream is not None
             with torch.cuda.stream(stream):
                 inputs = self._to_device(batch, instance.device)
                 t1 = _perf_ns()
                 with torch.inference_mode():
-                    raw = runner(inputs)
+                    # Whatever the runner returned: split() checks it against the spec.
+                    raw: object = runner(inputs)
                 stream.synchronize()
                 t2 = _perf_ns()
                 raw = _to_host(raw)
@@ -398,7 +403,8 @@ class Executor:
             if datatype == "BYTES":
                 inputs[name] = array
             else:
-                inputs[name] = to_torch(array, datatype).to(device, non_blocking=True)
+                tensor = cast(torch.Tensor, to_torch(array, datatype))  # not BYTES: a tensor
+                inputs[name] = tensor.to(device, non_blocking=True)
         return inputs
 
 

@@ -6,14 +6,13 @@ Both decisions follow measured cost: the CPU time the running thread spent on a 
 machine does not look slow. Two EWMAs (weight 1/4) are kept, on the loop thread, as
 batches are answered: ``inline_ns`` for batches run on the loop thread and
 ``worker_ns`` for batches run by a worker thread. They differ: a worker thread contends
-with the loop for the GIL (measured here: a batch-1 mlp batch costs its worker thread
-300-400 us of CPU under load, 80 us alone or on the loop).
+with the loop for the GIL, so under load the same batch costs it several times the CPU
+time it costs the loop (figures: ``docs/benchmarks.md``, batching.placement).
 
 **Inline** when ``inline_ns < inline_below_us``: the batch runs on the loop thread, at
 one intra-op thread. Handing a batch to a worker thread and back costs two thread
-wake-ups plus that GIL contention (measured here: 60-100 us of CPU per batch, and
-several hundred us of latency on an idle VM), more than such a batch itself; blocking
-the loop that long delays other requests by no more than the hand-offs would have.
+wake-ups plus that GIL contention, more than such a batch itself; blocking the loop
+that long delays other requests by no more than the hand-offs would have.
 ``inline_ns`` is only known by running inline, so while batches go to the worker, a
 *probe* runs one inline every ``PROBE_EVERY`` worker batches (the first after
 ``FIRST_PROBE`` batches, past TorchScript's profiling runs), but only while

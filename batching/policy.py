@@ -55,9 +55,8 @@ event-loop thread, updated per arrival and per completed batch:
    until ``min(oldest + D, last + 2 * gap)``; otherwise dispatch now.
 
 The effect: at concurrency 1 nothing waits; under closed-loop load the batch is held
-exactly until the clients of the previous batch are back (measured: waiting 1-2 ms at
-concurrency 32 lifts the mean batch from 1.3 to 7-15 and throughput to the gRPC
-ceiling), and never longer than ``D``.
+exactly until the clients of the previous batch are back, and never longer than ``D``
+(what that wait buys: ``docs/benchmarks.md``, batching.policy).
 """
 
 from __future__ import annotations

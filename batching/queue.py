@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from batchwire.core.spec import ModelSpec
-    from batchwire.core.types import InferenceRequest
+    from batchwire.core.types import InferenceRequest, InferenceResult
 
 __all__ = ["DONE", "QUEUED", "TAKEN", "Entry", "Plan", "RequestQueue"]
 
@@ -77,7 +77,7 @@ class Entry:
     def __init__(
         self,
         request: InferenceRequest,
-        future: asyncio.Future,
+        future: asyncio.Future[InferenceResult],
         items: int,
         key: Hashable,
         level: _Level,
@@ -97,7 +97,7 @@ class Entry:
         self.delayed = False
         self.state = QUEUED
         #: Result or error waiting for its turn (preserve_ordering only).
-        self.outcome: object | None = None
+        self.outcome: InferenceResult | InferenceError | None = None
 
 
 class _Level:
@@ -399,9 +399,9 @@ class RequestQueue:
         for _level, group, delayed in plan.deques:
             while group and _stale(group[0], delayed):
                 group.popleft()
-        if changed:
+        if changed and on_depth is not None:
             for level in sorted(changed, key=lambda lv: lv.number):
-                on_depth(level.number, level.depth)  # type: ignore[misc]
+                on_depth(level.number, level.depth)
         return taken
 
     def drain(self) -> list[Entry]:

@@ -10,6 +10,7 @@ run as batchwire to measure what batchwire's own layers cost.
 from __future__ import annotations
 
 import argparse
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -24,25 +25,37 @@ class BareServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self) -> None:
         self._output = bytes(40)
 
-    async def ServerLive(self, request, context):
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context):
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=True)
 
-    async def ModelReady(self, request, context):
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=True)
 
-    async def ServerMetadata(self, request, context):
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="bare", version="0")
 
-    async def ModelMetadata(self, request, context):
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
         response = pb.ModelMetadataResponse(name=request.name, versions=["1"], platform="bare")
         response.inputs.add(name="INPUT__0", datatype="FP32", shape=[-1, 64])
         response.outputs.add(name="OUTPUT__0", datatype="FP32", shape=[-1, 10])
         return response
 
-    async def ModelConfig(self, request, context):
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
         config = mc.ModelConfig(name=request.name, platform="bare", max_batch_size=64)
         config.input.add(name="INPUT__0", data_type=mc.TYPE_FP32, dims=[64])
         config.output.add(name="OUTPUT__0", data_type=mc.TYPE_FP32, dims=[10])
@@ -58,10 +71,16 @@ class BareServicer(pb_grpc.GRPCInferenceServiceServicer):
         response.outputs.add(name="OUTPUT__0", datatype="FP32", shape=[1, 10])
         return response
 
-    async def ModelInfer(self, request, context):
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
         return self._respond(request)
 
-    async def ModelStreamInfer(self, request_iterator, context):
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for request in request_iterator:
             yield pb.ModelStreamInferResponse(infer_response=self._respond(request))
 

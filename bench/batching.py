@@ -34,15 +34,18 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from batchwire.bench.loadgen import build_request, run_load
 from batchwire.bench.raw import load_torchscript, raw_latency_ms, raw_throughput
-from batchwire.bench.server_process import BareServerProcess, ServerProcess
+from batchwire.bench.server_process import BareServerProcess
+from batchwire.serve_process import ServerProcess
 
 TARGETS = {"cnn_served_over_raw": 0.90, "mlp_over_null": 0.85, "low_load_overhead_ms": 0.5}
 
@@ -91,7 +94,7 @@ def _statistics(address: str, model: str) -> tuple[int, int] | None:
 
 def measure(
     address: str, model: str, concurrency: int, plan: Plan, *, streaming: bool = False
-) -> dict:
+) -> dict[str, Any]:
     """One load window; adds the mean batch size when the server reports statistics."""
     request = build_request(model, sample_inputs(model))
     before = _statistics(address, model)
@@ -105,7 +108,7 @@ def measure(
         streaming=streaming,
     )
     after = _statistics(address, model)
-    row = {"model": model, **result.summary(), "mean_batch": None}
+    row: dict[str, Any] = {"model": model, **result.summary(), "mean_batch": None}
     if before and after and after[1] > before[1]:
         row["mean_batch"] = round((after[0] - before[0]) / (after[1] - before[1]), 2)
     return row
@@ -115,7 +118,7 @@ def _median(values: list[float]) -> float:
     return float(np.median(values))
 
 
-def run(out: Path, plan: Plan) -> dict:
+def run(out: Path, plan: Plan) -> dict[str, Any]:
     from batchwire.examples.export import export_examples
 
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +129,7 @@ def run(out: Path, plan: Plan) -> dict:
         mlp_module = load_torchscript(repo / "mlp" / "1" / "model.pt")
         cnn_module = load_torchscript(repo / "cnn" / "1" / "model.pt")
         cnn_sample = torch.from_numpy(sample_inputs("cnn")["INPUT__0"])
-        rounds: list[dict] = []
+        rounds: list[dict[str, Any]] = []
         with (
             ServerProcess(repo, log_path=out / "server.log") as server,
             BareServerProcess() as bare_server,
@@ -136,7 +139,7 @@ def run(out: Path, plan: Plan) -> dict:
             # shared machine hits both sides; ratios are medians over rounds. The raw
             # references run in this process while the servers sit idle.
             for _ in range(plan.rounds):
-                row = {
+                row: dict[str, Any] = {
                     "low_load_mlp": measure(address, "mlp", 1, plan),
                     "low_load_bare": measure(bare_server.address, "null", 1, plan),
                     "raw_mlp_batch1_ms": raw_latency_ms(
@@ -160,7 +163,7 @@ def run(out: Path, plan: Plan) -> dict:
             sweep = [measure(address, m, c, plan) for m in plan.sweep_models for c in plan.sweep]
         raw_cnn_max = raw_throughput(cnn_module, cnn_sample.repeat(32, 1, 1, 1), plan.seconds)
 
-    def per_round(value) -> float:  # type: ignore[no-untyped-def]
+    def per_round(value: Callable[[dict[str, Any]], float]) -> float:
         return round(_median([value(r) for r in rounds]), 3)
 
     ratios = {
@@ -228,7 +231,7 @@ def run(out: Path, plan: Plan) -> dict:
     return report
 
 
-def plot(sweep: list[dict], path: Path) -> None:
+def plot(sweep: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

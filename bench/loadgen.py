@@ -161,11 +161,10 @@ def run_load(
 
     ``streaming``: over one ModelStreamInfer stream instead of unary ModelInfer calls.
     """
+    drive = _drive_stream if streaming else _drive
+    main = drive(address, request, items_per_request, concurrency, warmup, seconds)
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
-    drive = _drive_stream if streaming else _drive
-    return runner(drive(address, request, items_per_request, concurrency, warmup, seconds))
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -10,7 +10,7 @@ import torch
 
 
 def load_torchscript(path: Path) -> torch.jit.ScriptModule:
-    module = torch.jit.load(str(path), map_location="cpu")
+    module: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")
     module.eval()
     return module
 

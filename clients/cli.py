@@ -15,7 +15,7 @@ import math
 import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import grpc
 import numpy as np
@@ -88,10 +88,17 @@ def _wrap_paragraphs(text: str, width: int) -> list[str]:
     return lines
 
 
-_Context = TyperCommand.context_class
+if TYPE_CHECKING:
+    # What the runtime lookups below give with the typer installed: its own copy of click.
+    from typer._click.core import Context as _Context
+    from typer._click.formatting import HelpFormatter as _Formatter
+else:
+    # Whichever click typer uses (its own copy, or click itself in older versions).
+    _Context = TyperCommand.context_class
+    _Formatter = _Context.formatter_class
 
 
-class HelpFormatter(_Context.formatter_class):
+class HelpFormatter(_Formatter):
     """Click's help layout, wrapping text between words only, never inside a name."""
 
     def write_text(self, text: str) -> None:

@@ -52,7 +52,8 @@ class InferenceClient:
             self._channel = grpc.insecure_channel(self.address, options=options)
         else:
             self._channel = grpc.secure_channel(self.address, credentials, options=options)
-        self._stubs = {
+        # The generated stubs carry no annotations: their methods are looked up by name.
+        self._stubs: dict[str, Any] = {
             "inference": GRPCInferenceServiceStub(self._channel),
             "health": health_pb2_grpc.HealthStub(self._channel),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Any
 
 import grpc
 
@@ -16,7 +17,10 @@ class ServerNotReadyError(RuntimeError):
 
 
 def wait_until_ready(
-    target: str, timeout: float, process: subprocess.Popen | None = None, poll_s: float = 0.25
+    target: str,
+    timeout: float,
+    process: subprocess.Popen[Any] | None = None,
+    poll_s: float = 0.25,
 ) -> None:
     """Poll ``ServerReady`` at ``target`` until it says ready.
 

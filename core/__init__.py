@@ -2,5 +2,5 @@
 
 Nothing here imports protobuf or gRPC; every front end (gRPC unary, gRPC
 streaming, future HTTP) translates its wire format into these types and hands
-them to the same :class:`~batchwire.core.dataplane.DataPlane`.
+them to the same :class:`~batchwire.server.dataplane.DataPlane`.
 """

@@ -11,11 +11,15 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from batchwire.core.datatypes import is_known
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
-def _frozen_map(value: Mapping | None) -> Mapping:
+
+def _frozen_map(value: Mapping[_K, _V] | None) -> Mapping[_K, _V]:
     return MappingProxyType(dict(value or {}))
 
 
@@ -136,7 +140,7 @@ class InstanceGroupSpec:
 
 
 #: Default :attr:`ExecutionSpec.inline_below_us`: batches this short cost less than the
-#: two thread hand-offs they would otherwise pay (measured: 60-100 us of CPU per batch).
+#: two thread hand-offs they would otherwise pay (see :mod:`batchwire.batching.placement`).
 DEFAULT_INLINE_BELOW_US = 500
 
 

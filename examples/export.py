@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
 from batchwire.examples.models import EXAMPLE_NAMES, build_model, config_text, get_example
+
+# EXAMPLE_NAMES: what export_examples writes by default.
+__all__ = ["EXAMPLE_NAMES", "EXAMPLE_VERSION", "export_example", "export_examples"]
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +21,7 @@ log = logging.getLogger(__name__)
 EXAMPLE_VERSION = "1"
 
 
-def _write_atomically(path: Path, write) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     # A server watching the repository must never see a half-written file.
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)

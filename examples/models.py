@@ -5,8 +5,7 @@ global RNG, never a download), so every build of a model is identical and
 exporting twice gives models that produce the same output bytes.
 
 * ``mlp``: ``INPUT__0`` FP32 [64] -> Linear(64, 256)-ReLU-Linear(256, 10) -> ``OUTPUT__0`` FP32 [10].
-* ``cnn``: ``INPUT__0`` FP32 [3, 64, 64] -> three 3x3 conv layers -> ``OUTPUT__0`` FP32 [10];
-  about 20 ms per batch of 32 on two CPU cores.
+* ``cnn``: ``INPUT__0`` FP32 [3, 64, 64] -> three 3x3 conv layers -> ``OUTPUT__0`` FP32 [10].
 * ``text``: ``TOKENS`` INT64 [-1] (ragged, pad id 0, vocabulary of 1000) ->
   ``EMBEDDING`` FP32 [32], the mean embedding of the non-pad tokens, and
   ``TOKEN_NORMS`` FP32 [-1], each token embedding's L2 norm (0 at pad positions).
@@ -52,7 +51,8 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        y: torch.Tensor = self.layers(x)
+        return y
 
 
 class CNN(nn.Module):
@@ -74,7 +74,8 @@ class CNN(nn.Module):
         self.head = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(x), 1))
+        y: torch.Tensor = self.head(torch.flatten(self.features(x), 1))
+        return y
 
 
 class TextEncoder(nn.Module):
@@ -123,9 +124,8 @@ max_batch_size: 32
 input [ { name: "INPUT__0", data_type: TYPE_FP32, dims: [ 3, 64, 64 ] } ]
 output [ { name: "OUTPUT__0", data_type: TYPE_FP32, dims: [ 10 ] } ]
 dynamic_batching { max_queue_delay_microseconds: 5000 }
-# Two instances, each on its share of the cores (one intra-op thread on 2 cores):
-# measured here, 0.7-0.85 of the raw model's throughput against 0.6 for one instance
-# on two threads, whose OpenMP team stalls whenever gRPC work takes a core.
+# Two instances, each on its share of the cores (one intra-op thread on 2 cores): one
+# instance on two threads has an OpenMP team that stalls whenever gRPC work takes a core.
 instance_group [ { kind: KIND_AUTO, count: 2 } ]
 """,
     "text": """\

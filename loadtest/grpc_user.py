@@ -64,7 +64,8 @@ def status_of(exception: BaseException | None) -> str | None:
     if isinstance(exception, InferenceFailure):
         return exception.code
     if isinstance(exception, grpc.RpcError) and hasattr(exception, "code"):
-        return exception.code().name
+        name: str = exception.code().name
+        return name
     return type(exception).__name__
 
 

@@ -27,7 +27,7 @@ import json
 import math
 import string
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -433,7 +433,12 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
 def _json_kind(value: Any) -> str:
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
-    names = {dict: "an object", list: "a list", str: "a string", type(None): "null"}
+    names: dict[type, str] = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        type(None): "null",
+    }
     for kind, text in names.items():
         if isinstance(value, kind):
             return text
@@ -651,7 +656,8 @@ def _is_int(value: Any, datatype: str) -> bool:
     return int(info.min) <= value <= int(info.max)
 
 
-_JSON_CHECKS = {
+#: JSON value family -> (what the values must be, in words; the check of one value).
+_JSON_CHECKS: dict[str, tuple[str, Callable[[Any, str], bool]]] = {
     "float": (
         "numbers",
         lambda v, _: isinstance(v, (int, float)) and not isinstance(v, bool),

@@ -531,16 +531,16 @@ def write_report(
             "99%",
             "Max Response Time",
         ]
-        rows = [[_csv_cell(row.get(key, "")) for key in keys] for row in stats_rows]
-        parts.append(_table(keys, rows, left=2))
+        summary = [[_csv_cell(row.get(key, "")) for key in keys] for row in stats_rows]
+        parts.append(_table(keys, summary, left=2))
     failure_rows = read_csv(Path(f"{locust_csv_prefix}_failures.csv"))
     if failure_rows:
         parts.append("<h2>Failure messages</h2>")
-        rows = [
+        failures = [
             (r.get("Name", ""), r.get("Error", ""), r.get("Occurrences", ""))
             for r in failure_rows[:50]
         ]
-        parts.append(_table(["name", "error", "occurrences"], rows, left=2))
+        parts.append(_table(["name", "error", "occurrences"], failures, left=2))
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")

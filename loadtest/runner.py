@@ -19,8 +19,6 @@ import math
 import os
 import re
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,6 +44,7 @@ from batchwire.loadtest.workloads import (
     write_workloads,
 )
 from batchwire.protos import grpc_service_pb2 as pb
+from batchwire.serve_process import ServerNotReadyError, ServerProcess, free_port, log_tail
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LATENCY_FILE = "latency.json"
@@ -84,19 +83,6 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> float:
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise UsageError(f"duration must be positive, got {text!r}")
     return seconds
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # Options -------------------------------------------------------------------
@@ -243,86 +229,28 @@ def _model_arg(weights: dict[str, int]) -> str:
 # Server --------------------------------------------------------------------
 
 
-def _serve_metrics_option() -> str | None:
-    """``--metrics-port`` when this batchwire's server has a metrics endpoint.
+def start_server(
+    out: Path, log: Callable[[str], None], timeout: float, model_repository: Path | None = None
+) -> ServerProcess:
+    """Start ``python -m batchwire serve`` on free loopback ports, its metrics included.
 
-    Reads the settings dataclass (``serve --metrics-port`` fills its
-    ``metrics_port``) rather than importing the whole command line.
+    The server logs to ``out/server.log``; LoadTestError, quoting the log's last
+    lines, when it exits or is not ready within ``timeout`` seconds.
     """
-    import dataclasses
-
+    server = ServerProcess(model_repository, metrics=True, log_path=out / "server.log")
+    log(f"starting server: {shlex.join(server.command[1:])} (log: {server.log_path})")
     try:
-        from batchwire.server.settings import ServerSettings
-    except ImportError:
-        return None
-    names = {f.name for f in dataclasses.fields(ServerSettings)}
-    return "--metrics-port" if "metrics_port" in names else None
+        return server.start(timeout)
+    except ServerNotReadyError as exc:
+        raise LoadTestError(str(exc)) from None
 
 
-class ManagedServer:
-    """``python -m batchwire serve`` on 127.0.0.1 and a free port, in a subprocess."""
-
-    def __init__(
-        self, log_path: Path, log: Callable[[str], None], model_repository: Path | None = None
-    ) -> None:
-        self.port = free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.metrics_url: str | None = None
-        self.log_path = log_path
-        self.model_repository = model_repository
-        self._log = log
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float) -> ManagedServer:
-        command = [
-            sys.executable,
-            "-m",
-            "batchwire",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
-        if self.model_repository is not None:
-            command += ["--model-repository", str(self.model_repository.resolve())]
-        metrics_option = _serve_metrics_option()
-        if metrics_option:
-            metrics_port = free_port()
-            command += [metrics_option, str(metrics_port)]
-            self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        self._log(f"starting server: {shlex.join(command[1:])} (log: {self.log_path})")
-        with self.log_path.open("wb") as handle:
-            self.process = subprocess.Popen(
-                command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        try:
-            wait_until_ready(self.target, timeout, self.process)
-        except LoadTestError as exc:
-            self.stop()
-            tail = _tail(self.log_path)
-            raise LoadTestError(f"{exc}\n--- {self.log_path} (tail) ---\n{tail}") from exc
-        return self
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def wait_until_ready(target: str, timeout: float, process: subprocess.Popen | None = None) -> None:
-    """Poll ServerReady until true; LoadTestError on timeout or when ``process`` exits."""
-    from batchwire.clients.readiness import ServerNotReadyError
+def wait_until_ready(target: str, timeout: float) -> None:
+    """Poll ServerReady at ``target`` until true; LoadTestError after ``timeout`` seconds."""
     from batchwire.clients.readiness import wait_until_ready as wait_ready
 
     try:
-        wait_ready(target, timeout, process)
+        wait_ready(target, timeout)
     except ServerNotReadyError as exc:
         raise LoadTestError(str(exc)) from None
 
@@ -457,7 +385,7 @@ def run_locust(
 ) -> None:
     main_cmd, worker_cmds = locust_commands(plan_, target, out, model_arg)
     env = _child_env()
-    processes: list[tuple[str, subprocess.Popen, Path]] = []
+    processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     handles = []
     try:
         main_log = out / "locust.log"
@@ -492,12 +420,12 @@ def run_locust(
                 if process.poll() not in (None, 0):
                     raise LoadTestError(
                         f"{other_name} exited with code {process.returncode}\n"
-                        f"--- {other_log} (tail) ---\n{_tail(other_log)}"
+                        f"--- {other_log} (tail) ---\n{log_tail(other_log)}"
                     )
             time.sleep(0.2)
         if master.returncode != 0:
             raise LoadTestError(
-                f"{name} exited with code {master.returncode}\n--- {master_log} (tail) ---\n{_tail(master_log)}"
+                f"{name} exited with code {master.returncode}\n--- {master_log} (tail) ---\n{log_tail(master_log)}"
             )
         for _, process, _ in processes[1:]:
             try:
@@ -535,15 +463,14 @@ def run(options: LoadTestOptions, plan_: Plan | None = None) -> Outcome:
     out.mkdir(parents=True, exist_ok=True)
     for stale in (LATENCY_FILE, "report.html", "slo_results.json", WORKLOADS_FILE):
         (out / stale).unlink(missing_ok=True)
-    server: ManagedServer | None = None
+    server: ServerProcess | None = None
     sampler: MetricsSampler | None = None
     started = time.time()
     try:
         if plan_.target is None:
-            server = ManagedServer(out / "server.log", log, options.model_repository)
-            server.start(options.server_start_timeout)
+            server = start_server(out, log, options.server_start_timeout, options.model_repository)
             target, origin = (
-                server.target,
+                server.address,
                 "started by batchwire loadtest (python -m batchwire serve)",
             )
         else:

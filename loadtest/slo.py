@@ -20,6 +20,7 @@ positive number, got -3``, before any load is sent.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,10 +29,10 @@ from typing import Any
 
 from batchwire.loadtest.latency import LatencyRecorder, WindowStats
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:
+    import tomli as tomllib
 
 SLO_FORMAT_VERSION = 1
 

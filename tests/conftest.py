@@ -10,6 +10,7 @@ import pytest
 from testsupport import require_component, start_server
 
 if TYPE_CHECKING:
+    from batchwire.serve_process import ServerProcess
     from batchwire.server.app import ServerThread
 
 
@@ -35,6 +36,27 @@ def example_server(examples_repository: Path) -> Iterator[ServerThread]:
 def server_address(example_server: ServerThread) -> str:
     """``127.0.0.1:<port>`` of the shared example-model server."""
     return example_server.address
+
+
+@pytest.fixture(scope="session")
+def examples_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``python -m batchwire serve`` on its default repository (the built-in examples), as
+    the README runs it, in a process of its own, metrics on; shared by the session.
+
+    For clients that must not share this process: Locust (gevent), other venvs.
+    """
+    from batchwire.serve_process import ServerNotReadyError, ServerProcess
+
+    log = tmp_path_factory.mktemp("examples-process") / "server.log"
+    server = ServerProcess(metrics=True, log_path=log)
+    try:
+        server.start()
+    except ServerNotReadyError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

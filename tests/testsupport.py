@@ -1,15 +1,21 @@
-"""Small helpers shared by tests (importable as `testsupport`): model repositories written on the fly, free ports, span records."""
+"""Small helpers shared by tests (importable as ``testsupport``): model repositories written
+on the fly, servers on free loopback ports, span records, components that may be missing."""
 
 from __future__ import annotations
 
-import socket
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Re-exported: the one free_port, shared with the benchmarks and the load test.
+from batchwire.serve_process import free_port as free_port
+
 if TYPE_CHECKING:
     from batchwire.server.app import ServerThread
     from batchwire.telemetry.span_records import RequestSpanRecord
+
+#: The repository's root folder (pyproject.toml, README.md, the package folders).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_python_model(root: Path, name: str, config: str, source: str, version: int = 1) -> Path:
@@ -19,12 +25,6 @@ def write_python_model(root: Path, name: str, config: str, source: str, version:
     (folder / "config.pbtxt").write_text(textwrap.dedent(config))
     (folder / str(version) / "model.py").write_text(textwrap.dedent(source))
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 ALL_DATATYPES = (
@@ -98,31 +98,30 @@ def request_span_record(**changes: object) -> RequestSpanRecord:
     """A traced request's span record with plausible fields, ``changes`` applied."""
     from batchwire.telemetry.span_records import RequestSpanRecord
 
-    fields = {
-        "trace_id": 0x0AF7651916CD43DD8448EB211C80319C,
-        "span_id": 0xB7AD6B7169203331,
-        "parent_span_id": 0x00F067AA0BA902B7,
-        "parent_remote": True,
-        "method": "ModelInfer",
-        "model": "mlp",
-        "version": "1",
-        "request_id": "r-1",
-        "batch_size": 4,
-        "start_ns": 100,
-        "end_ns": 900,
-        "received_ns": 150,
-        "queued_ns": 300,
-        "input_end_ns": 350,
-        "infer_end_ns": 600,
-        "output_end_ns": 650,
-        "send_ns": 700,
-        "grpc_status": 0,
-        "error_type": "",
-        "error_message": "",
-        "tensors": (),
-    }
-    fields.update(changes)
-    return RequestSpanRecord(**fields)  # type: ignore[arg-type]
+    record = RequestSpanRecord(
+        trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+        span_id=0xB7AD6B7169203331,
+        parent_span_id=0x00F067AA0BA902B7,
+        parent_remote=True,
+        method="ModelInfer",
+        model="mlp",
+        version="1",
+        request_id="r-1",
+        batch_size=4,
+        start_ns=100,
+        end_ns=900,
+        received_ns=150,
+        queued_ns=300,
+        input_end_ns=350,
+        infer_end_ns=600,
+        output_end_ns=650,
+        send_ns=700,
+        grpc_status=0,
+        error_type="",
+        error_message="",
+        tensors=(),
+    )
+    return record._replace(**changes)
 
 
 def require_component(available: bool, reason: str) -> None:

@@ -177,19 +177,6 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.001)
 
 
-def run(coro, timeout: float = 20.0):
-    """Run a test coroutine with a hard time limit and check nothing is left behind."""
-
-    async def main():
-        result = await asyncio.wait_for(coro, timeout)
-        await asyncio.sleep(0)
-        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        assert not leftover, f"tasks left behind: {leftover}"
-        return result
-
-    return asyncio.run(main())
-
-
 async def started(model: TestModel, **kw):
     from batchwire.batching import ModelBatcher
 

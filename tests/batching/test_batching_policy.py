@@ -14,7 +14,6 @@ from batching_testkit import (
     hold_instance,
     make_spec,
     req,
-    run,
     started,
     started_inline,
     submit_all,
@@ -109,128 +108,107 @@ def test_window_is_an_upper_bound_in_adaptive_mode():
 # -- through the batcher ---------------------------------------------------------------
 
 
-def test_full_batch_dispatches_without_waiting_for_the_window():
-    async def main():
-        # a 60 s fixed window: only a full batch can explain a prompt answer
-        spec = make_spec(
-            max_batch_size=4, batching=batching(max_queue_delay_us=60_000_000, adaptive_delay=False)
-        )
-        model = TestModel(spec)
-        b = await started(model)
-        results = await asyncio.gather(*submit_all(b, [req(float(i)) for i in range(1, 5)]))
-        assert len(results) == 4 and model.sizes == [4]
-        await b.stop()
-
-    run(main())
+async def test_full_batch_dispatches_without_waiting_for_the_window():
+    # a 60 s fixed window: only a full batch can explain a prompt answer
+    spec = make_spec(
+        max_batch_size=4, batching=batching(max_queue_delay_us=60_000_000, adaptive_delay=False)
+    )
+    model = TestModel(spec)
+    b = await started(model)
+    results = await asyncio.gather(*submit_all(b, [req(float(i)) for i in range(1, 5)]))
+    assert len(results) == 4 and model.sizes == [4]
+    await b.stop()
 
 
-def test_preferred_batch_size_dispatches_at_once_and_cuts_there():
-    async def main():
-        spec = make_spec(
-            max_batch_size=8,
-            batching=batching(
-                max_queue_delay_us=60_000_000, adaptive_delay=False, preferred_batch_sizes=(2,)
-            ),
-        )
-        model = TestModel(spec)
-        b = await started(model)
-        tasks = submit_all(b, [req(1.0), req(2.0), req(3.0)])
-        await until(lambda: len(model.calls) == 1)
-        assert model.tag_batches == [[1.0, 2.0]]  # cut at the preferred size 2
-        await asyncio.gather(*tasks[:2])
-        assert not tasks[2].done()  # waits in its window for a fuller batch
-        await b.stop()  # draining dispatches it without waiting
-        await tasks[2]
-        assert model.sizes == [2, 1]
-
-    run(main())
+async def test_preferred_batch_size_dispatches_at_once_and_cuts_there():
+    spec = make_spec(
+        max_batch_size=8,
+        batching=batching(
+            max_queue_delay_us=60_000_000, adaptive_delay=False, preferred_batch_sizes=(2,)
+        ),
+    )
+    model = TestModel(spec)
+    b = await started(model)
+    tasks = submit_all(b, [req(1.0), req(2.0), req(3.0)])
+    await until(lambda: len(model.calls) == 1)
+    assert model.tag_batches == [[1.0, 2.0]]  # cut at the preferred size 2
+    await asyncio.gather(*tasks[:2])
+    assert not tasks[2].done()  # waits in its window for a fuller batch
+    await b.stop()  # draining dispatches it without waiting
+    await tasks[2]
+    assert model.sizes == [2, 1]
 
 
-def test_max_queue_delay_bounds_the_wait():
-    async def main():
-        spec = make_spec(batching=batching(max_queue_delay_us=100_000, adaptive_delay=False))
-        model = TestModel(spec)
-        b = await started(model)
-        t0 = time.monotonic()
-        await b.submit(req(1.0))
-        waited = time.monotonic() - t0
-        assert 0.09 <= waited < 10.0  # held for its 100 ms window, then dispatched alone
-        assert model.sizes == [1]
-        await b.stop()
-
-    run(main())
+async def test_max_queue_delay_bounds_the_wait():
+    spec = make_spec(batching=batching(max_queue_delay_us=100_000, adaptive_delay=False))
+    model = TestModel(spec)
+    b = await started(model)
+    t0 = time.monotonic()
+    await b.submit(req(1.0))
+    waited = time.monotonic() - t0
+    assert 0.09 <= waited < 10.0  # held for its 100 ms window, then dispatched alone
+    assert model.sizes == [1]
+    await b.stop()
 
 
-def test_adaptive_lone_request_does_not_wait_for_the_window():
-    async def main():
-        spec = make_spec(batching=batching(max_queue_delay_us=60_000_000))
-        model = TestModel(spec)
-        b = await started(model)
-        for i in range(5):  # concurrency 1: each answer arrives long before 60 s
-            result = await asyncio.wait_for(b.submit(req(float(i + 1))), 10)
-            assert result.outputs["OUTPUT0"][0, 0] == 2.0 * (i + 1)
-        assert model.sizes == [1] * 5
-        await b.stop()
-
-    run(main())
+async def test_adaptive_lone_request_does_not_wait_for_the_window():
+    spec = make_spec(batching=batching(max_queue_delay_us=60_000_000))
+    model = TestModel(spec)
+    b = await started(model)
+    for i in range(5):  # concurrency 1: each answer arrives long before 60 s
+        result = await asyncio.wait_for(b.submit(req(float(i + 1))), 10)
+        assert result.outputs["OUTPUT0"][0, 0] == 2.0 * (i + 1)
+    assert model.sizes == [1] * 5
+    await b.stop()
 
 
-def test_adaptive_waits_for_returning_clients():
-    async def main():
-        # 4 closed-loop clients with different think times: after the first round the
-        # batch is held until all 4 are back (never 60 s: each arrival re-evaluates).
-        spec = make_spec(batching=batching(max_queue_delay_us=60_000_000))
-        model = TestModel(spec)
-        b = await started(model)
+async def test_adaptive_waits_for_returning_clients():
+    # 4 closed-loop clients with different think times: after the first round the
+    # batch is held until all 4 are back (never 60 s: each arrival re-evaluates).
+    spec = make_spec(batching=batching(max_queue_delay_us=60_000_000))
+    model = TestModel(spec)
+    b = await started(model)
 
-        async def client(k: int):
-            for _ in range(4):
-                await b.submit(req(float(k)))
-                await asyncio.sleep(0.005 * k)
+    async def client(k: int):
+        for _ in range(4):
+            await b.submit(req(float(k)))
+            await asyncio.sleep(0.005 * k)
 
-        await asyncio.wait_for(asyncio.gather(*(client(k) for k in range(1, 5))), 15)
-        assert model.sizes == [4, 4, 4, 4]
-        await b.stop()
-
-    run(main())
+    await asyncio.wait_for(asyncio.gather(*(client(k) for k in range(1, 5))), 15)
+    assert model.sizes == [4, 4, 4, 4]
+    await b.stop()
 
 
-def test_busy_instance_accumulates_and_stages_a_full_batch():
-    async def main():
-        spec = make_spec(max_batch_size=16, batching=batching(max_queue_delay_us=60_000_000))
-        model = TestModel(spec)
-        b = await started(model)
-        held = await hold_instance(b, model)  # alone: dispatched at once (adaptive)
-        rest = submit_all(b, [req(float(i)) for i in range(1, 21)])
-        # 16 form a complete batch, staged on the busy instance; 4 wait in the queue
-        await until(lambda: b.queue_depth == 4)
-        model.gate.set()
-        await asyncio.gather(held, *rest[:16])
-        assert model.sizes == [1, 16]
-        assert model.tag_batches[1] == [float(i) for i in range(1, 17)]
-        # the 17 answered clients are expected back: the 4 are held for them (bounded by
-        # the window); stopping drains at once
-        assert b.queue_depth == 4
-        await b.stop()
-        await asyncio.gather(*rest[16:])
-        assert model.sizes == [1, 16, 4]
-
-    run(main())
+async def test_busy_instance_accumulates_and_stages_a_full_batch():
+    spec = make_spec(max_batch_size=16, batching=batching(max_queue_delay_us=60_000_000))
+    model = TestModel(spec)
+    b = await started(model)
+    held = await hold_instance(b, model)  # alone: dispatched at once (adaptive)
+    rest = submit_all(b, [req(float(i)) for i in range(1, 21)])
+    # 16 form a complete batch, staged on the busy instance; 4 wait in the queue
+    await until(lambda: b.queue_depth == 4)
+    model.gate.set()
+    await asyncio.gather(held, *rest[:16])
+    assert model.sizes == [1, 16]
+    assert model.tag_batches[1] == [float(i) for i in range(1, 17)]
+    # the 17 answered clients are expected back: the 4 are held for them (bounded by
+    # the window); stopping drains at once
+    assert b.queue_depth == 4
+    await b.stop()
+    await asyncio.gather(*rest[16:])
+    assert model.sizes == [1, 16, 4]
 
 
-def test_no_waiting_when_window_zero_even_if_busy_later():
-    async def main():
-        model = TestModel(make_spec(batching=batching()))
-        b = await started(model)
-        held = await hold_instance(b, model)
-        tasks = submit_all(b, [req(1.0), req(2.0), req(3.0)])
-        await until(lambda: b.queue_depth == 3)
-        model.gate.set()
-        await asyncio.gather(held, *tasks)
-        assert model.sizes == [1, 3]
-        await b.stop()
-
-    run(main())
+async def test_no_waiting_when_window_zero_even_if_busy_later():
+    model = TestModel(make_spec(batching=batching()))
+    b = await started(model)
+    held = await hold_instance(b, model)
+    tasks = submit_all(b, [req(1.0), req(2.0), req(3.0)])
+    await until(lambda: b.queue_depth == 3)
+    model.gate.set()
+    await asyncio.gather(held, *tasks)
+    assert model.sizes == [1, 3]
+    await b.stop()
 
 
 def test_clients_that_never_come_back_are_forgotten_after_one_window():
@@ -250,22 +228,19 @@ def test_clients_that_never_come_back_are_forgotten_after_one_window():
         assert p.hold_until(t, oldest=t, count=1, in_flight=1, queued=1) is None
 
 
-def test_a_client_left_alone_after_a_burst_is_not_held_on_every_request():
+async def test_a_client_left_alone_after_a_burst_is_not_held_on_every_request():
     """Batcher level: after 8 concurrent clients, one keeps sending one request at a
     time. At most its first request waits (for the others to come back); every later
     one is answered inside ``submit``, never waiting on a timer or a worker."""
 
-    async def main():
-        model, b = await started_inline(max_queue_delay_us=300_000)
-        await asyncio.gather(*(b.submit(req(float(i))) for i in range(10, 18)))
-        await b.submit(req(100.0))  # may be held: 8 clients were expected back
-        for i in range(20):
-            result = answered_without_waiting(b.submit(req(200.0 + i)))
-            assert result is not None, f"request {i} after the burst was held"
-        assert model.tag_batches[-20:] == [[200.0 + i] for i in range(20)]
-        await b.stop()
-
-    run(main())
+    model, b = await started_inline(max_queue_delay_us=300_000)
+    await asyncio.gather(*(b.submit(req(float(i))) for i in range(10, 18)))
+    await b.submit(req(100.0))  # may be held: 8 clients were expected back
+    for i in range(20):
+        result = answered_without_waiting(b.submit(req(200.0 + i)))
+        assert result is not None, f"request {i} after the burst was held"
+    assert model.tag_batches[-20:] == [[200.0 + i] for i in range(20)]
+    await b.stop()
 
 
 def test_a_pipelined_request_is_never_alone():
@@ -285,22 +260,19 @@ def test_a_pipelined_request_is_never_alone():
     assert p.hold_until(later, oldest=t, count=1, in_flight=1, queued=1, pipelined=True) is None
 
 
-def test_pipelined_requests_arriving_one_by_one_share_a_batch():
+async def test_pipelined_requests_arriving_one_by_one_share_a_batch():
     """Batcher level: the head request's pipelined flag reaches the window. A lone
     request from an ordinary caller runs at once; one from a pipelining caller waits
     for the next, and both run in one batch."""
 
-    async def main():
-        # 20 requests one at a time: a steady arrival rate for the window to go by.
-        model, b = await started_inline(max_queue_delay_us=200_000, warm=20)
-        assert answered_without_waiting(b.submit(req(1.0))) is not None
-        first = asyncio.ensure_future(b.submit(req(2.0, pipelined=True)))
-        for _ in range(3):
-            await asyncio.sleep(0)  # its own pass ran and held it
-        assert not first.done() and b.queue_depth == 1
-        second = asyncio.ensure_future(b.submit(req(3.0, pipelined=True)))
-        await asyncio.gather(first, second)
-        assert model.tag_batches[-2:] == [[1.0], [2.0, 3.0]]
-        await b.stop()
-
-    run(main())
+    # 20 requests one at a time: a steady arrival rate for the window to go by.
+    model, b = await started_inline(max_queue_delay_us=200_000, warm=20)
+    assert answered_without_waiting(b.submit(req(1.0))) is not None
+    first = asyncio.ensure_future(b.submit(req(2.0, pipelined=True)))
+    for _ in range(3):
+        await asyncio.sleep(0)  # its own pass ran and held it
+    assert not first.done() and b.queue_depth == 1
+    second = asyncio.ensure_future(b.submit(req(3.0, pipelined=True)))
+    await asyncio.gather(first, second)
+    assert model.tag_batches[-2:] == [[1.0], [2.0, 3.0]]
+    await b.stop()

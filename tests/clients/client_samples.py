@@ -7,8 +7,6 @@ import numpy as np
 from batchwire.clients import float_to_bf16
 from batchwire.core.datatypes import NUMPY_DTYPES
 
-ALL_DATATYPES = list(NUMPY_DTYPES)
-
 
 def sample(datatype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     """A deterministic array of ``datatype`` storage with interesting values."""

@@ -1,11 +1,16 @@
-"""Fixtures for the client tests: a local echo server, and the real server if available."""
+"""Fixtures for the client tests: a local echo server and an async client of it.
+
+The real server on the example models is ``tests/conftest.py``'s ``server_address``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from echo_server import EchoServer
+
+from batchwire.clients import AsyncInferenceClient
 
 
 @pytest.fixture(scope="session")
@@ -19,14 +24,8 @@ def echo_address() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def live_server_address(request: pytest.FixtureRequest) -> str:
-    """The real batchwire server from ``tests/conftest.py``'s ``server_address`` fixture.
-
-    Skips only while that fixture does not exist yet; once it does, its own
-    failures fail the tests.
-    """
-    try:
-        return request.getfixturevalue("server_address")
-    except pytest.FixtureLookupError:
-        pytest.skip("tests/conftest.py does not define the `server_address` fixture yet")
+@pytest.fixture
+async def aio_client(echo_address: str) -> AsyncIterator[AsyncInferenceClient]:
+    """An AsyncInferenceClient of the echo server (10 s deadline), closed after the test."""
+    async with AsyncInferenceClient(echo_address, timeout=10) as client:
+        yield client

@@ -27,25 +27,25 @@ def app(request: pytest.FixtureRequest) -> typer.Typer:
 
 @pytest.mark.parametrize("flag", ["--model-version", "-x"])
 def test_model_version_selects_the_version(
-    app: typer.Typer, live_server_address: str, flag: str
+    app: typer.Typer, server_address: str, flag: str
 ) -> None:
-    args = ["infer", "-m", "mlp", "--random", "-u", live_server_address, flag, "1"]
+    args = ["infer", "-m", "mlp", "--random", "-u", server_address, flag, "1"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "model 'mlp' version '1'" in result.stdout
     assert "OUTPUT__0  FP32  [1, 10]" in result.stdout
 
 
-def test_an_unknown_model_version_names_it(app: typer.Typer, live_server_address: str) -> None:
-    args = ["infer", "-m", "mlp", "--random", "-u", live_server_address, "--model-version", "7"]
+def test_an_unknown_model_version_names_it(app: typer.Typer, server_address: str) -> None:
+    args = ["infer", "-m", "mlp", "--random", "-u", server_address, "--model-version", "7"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "NOT_FOUND" in result.stderr
     assert "'7'" in result.stderr
 
 
-def test_version_is_not_the_model_version(app: typer.Typer, live_server_address: str) -> None:
-    args = ["infer", "-m", "mlp", "--random", "-u", live_server_address, "--version", "1"]
+def test_version_is_not_the_model_version(app: typer.Typer, server_address: str) -> None:
+    args = ["infer", "-m", "mlp", "--random", "-u", server_address, "--version", "1"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert "No such option: --version" in result.stderr
@@ -59,12 +59,12 @@ def test_batchwire_version_is_the_program_version() -> None:
 
 
 def test_infer_subprocess_with_model_version_loads_no_server_code(
-    live_server_address: str,
+    server_address: str,
 ) -> None:
     """`batchwire infer` as a user runs it: the version is sent, torch is never imported."""
     completed = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "batchwire", "infer", "-m", "mlp",
-         "--random", "-u", live_server_address, "-x", "1", "--json"],
+         "--random", "-u", server_address, "-x", "1", "--json"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-2000:]

@@ -1,12 +1,12 @@
 """The clients and ``batchwire infer`` against the real batchwire server on the example models.
 
-Uses ``tests/conftest.py``'s ``server_address`` fixture (through ``live_server_address``,
-which skips only while that fixture does not exist).
+Uses ``tests/conftest.py``'s ``server_address`` fixture.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -20,8 +20,8 @@ from batchwire.examples.reference import reference_outputs, sample_inputs
 
 
 @pytest.fixture
-def client(live_server_address: str):
-    with InferenceClient(live_server_address, timeout=60) as client:
+def client(server_address: str) -> Iterator[InferenceClient]:
+    with InferenceClient(server_address, timeout=60) as client:
         yield client
 
 
@@ -105,26 +105,23 @@ def test_stream_infer(client: InferenceClient) -> None:
     assert isinstance(errors[0], InferenceServerError)
 
 
-def test_async_client(live_server_address: str) -> None:
-    async def main() -> None:
-        async with AsyncInferenceClient(live_server_address, timeout=60) as client:
-            assert await client.server_ready()
-            inputs = [sample_inputs("mlp", batch_size=1, seed=i) for i in range(8)]
-            results = await asyncio.gather(*(client.infer("mlp", x) for x in inputs))
-            for x, result in zip(inputs, results, strict=True):
-                np.testing.assert_allclose(
-                    result.as_numpy("OUTPUT__0"),
-                    reference_outputs("mlp", x)["OUTPUT__0"],
-                    rtol=1e-4,
-                    atol=1e-5,
-                )
-            streamed = [r async for r in client.stream_infer("text", [{"TOKENS": [[5, 6, 7]]}])]
-            assert streamed[0].as_numpy("TOKEN_NORMS").shape == (1, 3)
-            with pytest.raises(InferenceServerError) as info:
-                await client.model_metadata("no_such_model")
-            assert info.value.status_code == grpc.StatusCode.NOT_FOUND
-
-    asyncio.run(main())
+async def test_async_client(server_address: str) -> None:
+    async with AsyncInferenceClient(server_address, timeout=60) as client:
+        assert await client.server_ready()
+        inputs = [sample_inputs("mlp", batch_size=1, seed=i) for i in range(8)]
+        results = await asyncio.gather(*(client.infer("mlp", x) for x in inputs))
+        for x, result in zip(inputs, results, strict=True):
+            np.testing.assert_allclose(
+                result.as_numpy("OUTPUT__0"),
+                reference_outputs("mlp", x)["OUTPUT__0"],
+                rtol=1e-4,
+                atol=1e-5,
+            )
+        streamed = [r async for r in client.stream_infer("text", [{"TOKENS": [[5, 6, 7]]}])]
+        assert streamed[0].as_numpy("TOKEN_NORMS").shape == (1, 3)
+        with pytest.raises(InferenceServerError) as info:
+            await client.model_metadata("no_such_model")
+        assert info.value.status_code == grpc.StatusCode.NOT_FOUND
 
 
 def main_app() -> typer.Typer:
@@ -135,22 +132,22 @@ def main_app() -> typer.Typer:
 
 
 @pytest.mark.parametrize("which", ["batchwire", "standalone"])
-def test_cli_infer_random(live_server_address: str, which: str) -> None:
+def test_cli_infer_random(server_address: str, which: str) -> None:
     app = main_app() if which == "batchwire" else build_app()
     runner = CliRunner()
-    args = ["infer", "--model", "mlp", "--random", "--url", live_server_address]
+    args = ["infer", "--model", "mlp", "--random", "--url", server_address]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "OUTPUT__0  FP32  [1, 10]" in result.stdout
-    result = runner.invoke(app, [*args[:2], "text", "--random", "--url", live_server_address])
+    result = runner.invoke(app, [*args[:2], "text", "--random", "--url", server_address])
     assert result.exit_code == 0, result.output
     assert "EMBEDDING  FP32  [1, 32]" in result.stdout
     assert "TOKEN_NORMS  FP32  [1, 8]" in result.stdout
     result = runner.invoke(
-        app, ["infer", "-m", "cnn", "--random", "-b", "2", "-u", live_server_address, "--json"]
+        app, ["infer", "-m", "cnn", "--random", "-b", "2", "-u", server_address, "--json"]
     )
     assert result.exit_code == 0, result.output
     assert '"shape": [2, 10]' in result.stdout
-    result = runner.invoke(app, ["infer", "-m", "nope", "--random", "-u", live_server_address])
+    result = runner.invoke(app, ["infer", "-m", "nope", "--random", "-u", server_address])
     assert result.exit_code == 1
     assert "NOT_FOUND" in result.stderr

@@ -8,7 +8,8 @@ import time
 import grpc
 import numpy as np
 import pytest
-from client_samples import ALL_DATATYPES, sample
+from client_samples import sample
+from testsupport import ALL_DATATYPES
 
 from batchwire.clients import InferenceClient, InferenceServerError, InferInput, bf16_to_float32
 from batchwire.core.datatypes import NUMPY_DTYPES, v2_of_numpy

@@ -6,7 +6,8 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from client_samples import ALL_DATATYPES, sample
+from client_samples import sample
+from testsupport import ALL_DATATYPES
 
 from batchwire.clients import InferenceServerError, InferInput, bf16_to_float32, float_to_bf16
 from batchwire.clients._calls import (
@@ -248,7 +249,7 @@ def test_build_infer_request_inputs_parameters() -> None:
     }
     assert to_parameter(np.int32(4)).int64_param == 4
     with pytest.raises(TypeError):
-        to_parameter([1])  # type: ignore[arg-type]
+        to_parameter([1])  # type: ignore[arg-type]  # a list is the wrong type tested
     with pytest.raises(TypeError):
         build_infer_request("m", np.zeros(3))
 

@@ -13,15 +13,13 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testsupport import require_component
+from testsupport import REPO_ROOT, require_component
 
-from batchwire.bench.server_process import ServerProcess
+from batchwire.serve_process import ServerProcess
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
 
 #: Modules that only the server needs: the client side must never import them.
@@ -31,8 +29,12 @@ SERVER_ONLY = (
     "batchwire.server.servicer",
     "batchwire.server.registry",
     "batchwire.batching",
-    "batchwire.telemetry",
-    "opentelemetry.sdk",
+    # The trace settings' one declaration (telemetry/trace_config.py) is light and feeds
+    # `serve --help`; the tracing, metrics and export machinery is not.
+    "batchwire.telemetry.tracing",
+    "batchwire.telemetry.metrics",
+    "batchwire.telemetry.span_export",
+    "opentelemetry",
     "prometheus_client",
 )
 
@@ -43,13 +45,6 @@ def readme_tritonclient_snippet() -> str:
         if "import tritonclient.grpc" in block:
             return block
     raise AssertionError("README.md has no ```python block importing tritonclient.grpc")
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[ServerProcess]:
-    """``batchwire serve`` with no repository (the built-in examples), as the README runs it."""
-    with ServerProcess(None) as server:
-        yield server
 
 
 def _run_snippet(python: str, address: str) -> subprocess.CompletedProcess[str]:
@@ -63,21 +58,21 @@ def _run_snippet(python: str, address: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_readme_snippet_answers_same_venv(served: ServerProcess) -> None:
+def test_readme_snippet_answers_same_venv(examples_process: ServerProcess) -> None:
     """tritonclient installed beside batchwire (pip picks the newest) answers the snippet."""
     require_component(
         importlib.util.find_spec("tritonclient") is not None, "tritonclient is not installed"
     )
-    result = _run_snippet(sys.executable, served.address)
+    result = _run_snippet(sys.executable, examples_process.address)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(2, 10)"
 
 
-def test_readme_snippet_answers_own_venv(served: ServerProcess) -> None:
+def test_readme_snippet_answers_own_venv(examples_process: ServerProcess) -> None:
     """The newest tritonclient in a venv of its own answers the snippet."""
     python = os.environ.get("BATCHWIRE_TRITONCLIENT_PYTHON", "")
     require_component(bool(python), "BATCHWIRE_TRITONCLIENT_PYTHON is not set")
-    result = _run_snippet(python, served.address)
+    result = _run_snippet(python, examples_process.address)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(2, 10)"
     version = subprocess.run(
@@ -148,7 +143,7 @@ def test_client_side_imports_no_torch_and_no_server(code: str) -> None:
     assert _imported_by(sys.executable, code) == []
 
 
-def test_client_only_install_infers_without_torch(served: ServerProcess) -> None:
+def test_client_only_install_infers_without_torch(examples_process: ServerProcess) -> None:
     """``pip install batchwire`` (no extras) is a working client with no torch installed."""
     python = os.environ.get("BATCHWIRE_CLIENT_PYTHON", "")
     require_component(bool(python), "BATCHWIRE_CLIENT_PYTHON is not set")
@@ -162,7 +157,7 @@ def test_client_only_install_infers_without_torch(served: ServerProcess) -> None
     code = (
         "import numpy as np\n"
         "from batchwire.clients import InferenceClient\n"
-        f"with InferenceClient({served.address!r}) as client:\n"
+        f"with InferenceClient({examples_process.address!r}) as client:\n"
         "    out = client.infer('text', {'TOKENS': np.array([[5, 17, 42]], dtype=np.int64)})\n"
         "    print(out.outputs['EMBEDDING'].shape)\n"
     )
@@ -172,7 +167,7 @@ def test_client_only_install_infers_without_torch(served: ServerProcess) -> None
     assert result.stdout.strip() == "(1, 32)"
     cli = Path(python).parent / "batchwire"
     infer = subprocess.run(
-        [str(cli), "infer", "--url", served.address, "--model", "mlp", "--random"],
+        [str(cli), "infer", "--url", examples_process.address, "--model", "mlp", "--random"],
         capture_output=True,
         text=True,
         timeout=60,

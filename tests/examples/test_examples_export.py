@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from batchwire.batching import resolve_devices
 from batchwire.examples import (
     EXAMPLE_NAMES,
     build_model,
@@ -20,28 +19,9 @@ from batchwire.examples import (
 )
 from batchwire.server.repository import ModelRepository
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
-
-@pytest.fixture(scope="module")
-def repo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("examples")
-    started = time.perf_counter()
-    assert export_examples(root) == list(EXAMPLE_NAMES)
-    assert time.perf_counter() - started < 10  # exports must stay fast (tests, server start)
-    return root
-
-
-def _run(root: Path, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    repo = ModelRepository(root)
-    source = repo.discover_model(name).versions[0]
-    device = resolve_devices(source.spec)[0]
-    runner = repo.load(source).create_runner(device, 0)
-    out = runner({k: torch.from_numpy(v).to(device) for k, v in inputs.items()})
-    return {k: v.cpu().numpy() for k, v in out.items()}
-
-
-def test_export_layout_and_specs(repo_root: Path) -> None:
+def test_export_layout_and_specs(examples_repository: Path) -> None:
+    repo_root = examples_repository  # export_examples(root): every example
     entries = {e.name: e for e in ModelRepository(repo_root).discover()}
     assert sorted(entries) == sorted(EXAMPLE_NAMES)
     for name, entry in entries.items():
@@ -59,9 +39,11 @@ def test_export_layout_and_specs(repo_root: Path) -> None:
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
-def test_served_outputs_match_reference(repo_root: Path, name: str) -> None:
+def test_served_outputs_match_reference(
+    examples_repository: Path, run_exported: Callable[..., dict[str, np.ndarray]], name: str
+) -> None:
     inputs = sample_inputs(name, batch_size=3, seed=7)
-    served = _run(repo_root, name, inputs)
+    served = run_exported(examples_repository, name, inputs)
     expected = reference_outputs(name, inputs)
     assert list(served) == list(expected)
     for key, value in expected.items():
@@ -69,13 +51,15 @@ def test_served_outputs_match_reference(repo_root: Path, name: str) -> None:
         np.testing.assert_allclose(served[key], value, rtol=1e-5, atol=1e-6)
 
 
-def test_null_returns_zeros_and_outputs_are_deterministic(repo_root: Path, tmp_path: Path) -> None:
+def test_null_returns_zeros_and_outputs_are_deterministic(
+    examples_repository: Path, run_exported: Callable[..., dict[str, np.ndarray]], tmp_path: Path
+) -> None:
     inputs = sample_inputs("null", batch_size=5)
-    assert not _run(repo_root, "null", inputs)["OUTPUT__0"].any()
-    export_examples(tmp_path, ["mlp"])
+    assert not run_exported(examples_repository, "null", inputs)["OUTPUT__0"].any()
+    assert export_examples(tmp_path, ["mlp"]) == ["mlp"]
     again = sample_inputs("mlp", batch_size=4, seed=1)
-    first = _run(repo_root, "mlp", again)["OUTPUT__0"]
-    second = _run(tmp_path, "mlp", again)["OUTPUT__0"]
+    first = run_exported(examples_repository, "mlp", again)["OUTPUT__0"]
+    second = run_exported(tmp_path, "mlp", again)["OUTPUT__0"]
     assert first.tobytes() == second.tobytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp"]
 

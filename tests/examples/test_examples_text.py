@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
-from batchwire.examples import build_model, export_examples, reference_outputs
-from batchwire.server.repository import ModelRepository
-
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+from batchwire.examples import build_model, reference_outputs
 
 
 def _pad(rows: list[list[int]], length: int) -> np.ndarray:
     return np.array([row + [0] * (length - len(row)) for row in rows], dtype=np.int64)
 
 
-def _served(tmp_path: Path):
-    export_examples(tmp_path, ["text"])
-    repo = ModelRepository(tmp_path)
-    runner = repo.load(repo.discover_model("text").versions[0]).create_runner(
-        torch.device("cpu"), 0
-    )
-
-    def run(tokens: np.ndarray) -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in runner({"TOKENS": torch.from_numpy(tokens)}).items()}
-
-    return run
-
-
-def test_padding_does_not_change_the_embedding(tmp_path: Path) -> None:
+def test_padding_does_not_change_the_embedding(
+    examples_repository: Path, run_exported: Callable[..., dict[str, np.ndarray]]
+) -> None:
     rng = np.random.default_rng(3)
     short = rng.integers(1, 1000, size=5).tolist()
     long = rng.integers(1, 1000, size=37).tolist()
-    run = _served(tmp_path)
+
+    def run(tokens: np.ndarray) -> dict[str, np.ndarray]:
+        return run_exported(examples_repository, "text", {"TOKENS": tokens})
 
     alone = run(_pad([short], 5))
     batched = run(_pad([short, long], 37))  # short is padded with 32 zeros in this batch

@@ -26,14 +26,6 @@ min_rps = 1
 """
 
 
-@dataclass(frozen=True)
-class ServedExamples:
-    """A ``python -m batchwire serve`` subprocess on the example models."""
-
-    target: str  # host:port
-    metrics_url: str
-
-
 @dataclass
 class CommandResult:
     returncode: int
@@ -45,6 +37,14 @@ class CommandResult:
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
+
+    @property
+    def logs(self) -> str:
+        """The last 3000 characters of each log the run wrote to ``out`` (failure messages)."""
+        return "".join(
+            f"\n--- {path.name} ---\n{path.read_text()[-3000:]}"
+            for path in sorted(self.out.glob("*.log"))
+        )
 
 
 def write_slo(folder: Path, text: str, name: str = "slo.toml") -> Path:

@@ -146,7 +146,7 @@ def test_a_model_outside_the_examples_is_loaded(repository: Path, tmp_path: Path
         "--warmup", "0s",
         timeout=240,
     )  # fmt: skip
-    assert result.returncode == 0, result.output + _logs(result.out)
+    assert result.returncode == 0, result.output + result.logs
     assert "starting server" in result.stderr and "--model-repository" in result.stderr
     for model in ("scaler", "typed"):
         assert re.search(rf"^PASS {model} failure ratio 0% <= target 0%$", result.stdout, re.M)
@@ -191,7 +191,7 @@ def test_input_data_files_are_sent(server: ServerThread, tmp_path: Path) -> None
         "--duration", "3s",
         "--warmup", "0s",
     )  # fmt: skip
-    assert result.returncode == 0, result.output + _logs(result.out)
+    assert result.returncode == 0, result.output + result.logs
     _assert_all_succeeded(result.out, {"scaler", "typed"})
     index = json.loads((result.out / "workloads.json").read_text())["models"]
     assert index["scaler"]["description"] == "2 request(s) from scaler.json"
@@ -272,9 +272,3 @@ def _assert_all_succeeded(out: Path, models: set[str]) -> None:
 def _failures(out: Path) -> str:
     path = out / "locust_failures.csv"
     return path.read_text() if path.is_file() else ""
-
-
-def _logs(out: Path) -> str:
-    return "".join(
-        f"\n--- {path.name} ---\n{path.read_text()[-3000:]}" for path in sorted(out.glob("*.log"))
-    )

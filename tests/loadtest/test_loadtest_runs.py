@@ -15,11 +15,12 @@ import pytest
 from loadtest_helpers import (
     GENEROUS_SLO,
     CommandResult,
-    ServedExamples,
     run_loadtest,
     write_slo,
 )
 from testsupport import require_component
+
+from batchwire.serve_process import ServerProcess
 
 # find_spec, not importorskip: importing locust monkey-patches this whole test process
 # with gevent, which breaks every gRPC server the other tests start.
@@ -75,7 +76,7 @@ def test_generous_targets_pass(passing_run: CommandResult) -> None:
 
 
 def test_an_impossible_target_fails_and_is_named(
-    served_examples: ServedExamples, tmp_path: Path
+    examples_process: ServerProcess, tmp_path: Path
 ) -> None:
     slo = write_slo(
         tmp_path,
@@ -89,7 +90,7 @@ def test_an_impossible_target_fails_and_is_named(
     )
     result = run_loadtest(
         tmp_path / "out",
-        "--host", served_examples.target,
+        "--host", examples_process.address,
         "--slo", str(slo),
         "--users", "2",
         "--duration", "3s",
@@ -127,13 +128,13 @@ def test_a_remote_host_is_refused(tmp_path: Path) -> None:
 
 
 def test_distributed_run_with_two_workers_streaming(
-    served_examples: ServedExamples, tmp_path: Path
+    examples_process: ServerProcess, tmp_path: Path
 ) -> None:
     slo = write_slo(tmp_path, GENEROUS_SLO)
     result = run_loadtest(
         tmp_path / "out",
-        "--host", served_examples.target,
-        "--metrics-url", served_examples.metrics_url,
+        "--host", examples_process.address,
+        "--metrics-url", str(examples_process.metrics_url),
         "--slo", str(slo),
         "--users", "4",
         "--spawn-rate", "4",
@@ -141,7 +142,7 @@ def test_distributed_run_with_two_workers_streaming(
         "--workers", "2",
         "--mode", "stream",
     )  # fmt: skip
-    assert result.returncode == 0, result.output + _logs(result.out)
+    assert result.returncode == 0, result.output + result.logs
     out = result.out
     assert "--master" in result.stderr and "--expect-workers 2" in result.stderr
     for index in (1, 2):
@@ -215,9 +216,3 @@ def _locust_counts(out: Path) -> dict[str, int]:
             for row in csv.DictReader(handle)
             if row["Name"] != "Aggregated"
         }
-
-
-def _logs(out: Path) -> str:
-    return "".join(
-        f"\n--- {path.name} ---\n{path.read_text()[-3000:]}" for path in sorted(out.glob("*.log"))
-    )

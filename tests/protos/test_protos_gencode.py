@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import importlib
 import re
-from pathlib import Path
 
 import google.protobuf
 import pytest
 import tomllib
+from testsupport import REPO_ROOT
 
-PROTOS = Path(__file__).resolve().parents[2] / "protos"
-PYPROJECT = PROTOS.parent / "pyproject.toml"
+PROTOS = REPO_ROOT / "protos"
+PYPROJECT = REPO_ROOT / "pyproject.toml"
 STUBS = sorted(p.stem for p in PROTOS.glob("*_pb2.py"))
 
 
