@@ -47,6 +47,7 @@ SERVER_DEPENDENCY_MODULES = (
     "torch",
     "opentelemetry.trace",
     "opentelemetry.sdk",
+    "opentelemetry.proto",
     "prometheus_client",
 )
 

@@ -294,6 +294,24 @@ def test_trace_config_honours_otel_environment_and_flags_win() -> None:
     assert TraceConfig.resolve(environ={"OTEL_TRACES_EXPORTER": "console"}).exporter == "console"
 
 
+def test_console_exporter_prints_the_spans_from_the_exporter_process(
+    examples_repository, capfd
+) -> None:
+    """The console exporter runs in the exporter process, whose stdout is the server's."""
+    from testsupport import start_server
+
+    server = start_server(examples_repository, trace_mode="always", trace_exporter="console")
+    try:
+        with InferenceClient(server.address) as client:
+            client.infer("mlp", x(), headers={"traceparent": traceparent(0xC0 << 64 | 1)})
+        assert server.server.telemetry.tracing.flush()
+    finally:
+        server.stop()
+    printed = capfd.readouterr().out
+    assert '"name": "ModelInfer"' in printed and '"name": "batch"' in printed
+    assert f'"trace_id": "0x{0xC0 << 64 | 1:032x}"' in printed
+
+
 def test_tracing_off_builds_nothing(examples_repository) -> None:
     from testsupport import start_server
 
