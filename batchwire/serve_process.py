@@ -17,6 +17,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ class ServerProcess:
             default port.
         log_path: the file that gets the server's stdout and stderr (else discarded);
             a failed start then quotes its last lines.
+        cwd, env: the process's working directory and environment (default: this
+            process's), e.g. to run another build of batchwire through ``PYTHONPATH``.
 
     Ports are chosen at construction; :meth:`start` (or ``with``) launches the process
     and returns once ``ServerReady`` says ready. Not thread-safe: one owner starts and
@@ -75,6 +78,8 @@ class ServerProcess:
         *extra_args: str,
         metrics: bool = False,
         log_path: Path | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         #: ``127.0.0.1:<port>``, the gRPC address.
@@ -93,6 +98,8 @@ class ServerProcess:
             self.command += ["--model-repository", str(repository.resolve())]
         self.command += extra_args
         self.log_path = log_path
+        self._cwd = cwd
+        self._env = None if env is None else dict(env)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,6 +117,8 @@ class ServerProcess:
         try:
             self._process = subprocess.Popen(
                 self.command,
+                cwd=self._cwd,
+                env=self._env,
                 stdin=subprocess.DEVNULL,
                 stdout=log if log is not None else subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,

@@ -49,11 +49,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
-from batchwire.bench.server_process import free_port, terminate
+from batchwire.bench.server_process import ServerProcess, cpu_seconds
 from batchwire.bench.tracing_overhead import find_perf_analyzer
-from batchwire.clients.readiness import wait_until_ready
 
 #: new / base throughput at 32 in flight the refactors of the request path must keep.
 TARGET_RATIO = 0.97
@@ -130,31 +128,12 @@ def _resolve_build(label: str, spec: str, scratch: Path) -> Build:
     return Build(label, f"git {spec} ({commit[:12]})", target)
 
 
-class BuildServer:
+class BuildServer(ServerProcess):
     """One build's ``batchwire serve`` on a free loopback port (a context manager)."""
 
     def __init__(self, build: Build, repository: Path, workdir: Path, log: Path) -> None:
+        super().__init__(repository, log_path=log, cwd=workdir, env=build.env())
         self.build = build
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self._args = [
-            sys.executable,
-            "-m",
-            "batchwire",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--metrics-port",
-            "0",
-            "--model-repository",
-            str(repository),
-        ]
-        self._workdir = workdir
-        self._log_path = log
-        self._log: TextIO | None = None
-        self._proc: subprocess.Popen | None = None
         #: ``batchwire.server.__file__`` as this build's server imports it.
         self.server_file = subprocess.run(
             [sys.executable, "-c", "import batchwire.server as s; print(s.__file__)"],
@@ -168,35 +147,13 @@ class BuildServer:
     @property
     def pid(self) -> int:
         """The server process's id (while it runs)."""
-        assert self._proc is not None, "the server is not running"
-        return self._proc.pid
+        pid = super().pid
+        assert pid is not None, "the server is not running"
+        return pid
 
     def __enter__(self) -> BuildServer:
-        self._log = open(self._log_path, "w")  # closed in __exit__
-        self._proc = subprocess.Popen(
-            self._args,
-            cwd=self._workdir,
-            env=self.build.env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until_ready(self.address, 180, self._proc)
+        self.start(timeout=180)
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            terminate(self._proc, 30)
-        if self._log is not None:
-            self._log.close()
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid``, all its threads (None off Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(

@@ -2,17 +2,27 @@
 
 :class:`ServerProcess`, :func:`free_port` and :func:`terminate` are
 :mod:`batchwire.serve_process`'s, which the load test and the tests share;
-:class:`BareServerProcess` is the benchmarks' own.
+:class:`BareServerProcess` and :func:`cpu_seconds` are the benchmarks' own.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from batchwire.serve_process import ServerProcess, free_port, terminate
 
-__all__ = ["BareServerProcess", "ServerProcess", "free_port", "terminate"]
+__all__ = ["BareServerProcess", "ServerProcess", "cpu_seconds", "free_port", "terminate"]
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid``, all its threads (None off Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class BareServerProcess(ServerProcess):

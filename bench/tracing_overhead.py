@@ -65,7 +65,7 @@ from typing import Any, NamedTuple
 import grpc
 import numpy as np
 
-from batchwire.bench.server_process import terminate
+from batchwire.bench.server_process import cpu_seconds, terminate
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 from batchwire.telemetry.span_export import BATCH_DELAY_S, EXPORT_HOLD_S
@@ -355,15 +355,6 @@ def _server_window(before: _Counts, after: _Counts, since: float, until: float) 
     }
 
 
-def _own_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of process ``pid`` (Linux /proc; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _children(pid: int) -> list[int]:
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
@@ -377,15 +368,15 @@ def _children(pid: int) -> list[int]:
 def _cpu_seconds(pid: int, receiver: int | None) -> dict[str, float] | None:
     """CPU time so far of the server process, of its children (the span exporter
     process) and of the OTLP receiver process when there is one."""
-    server = _own_cpu_seconds(pid)
+    server = cpu_seconds(pid)
     if server is None:
         return None
     parts = {
         "server": server,
-        "exporter": sum(_own_cpu_seconds(child) or 0.0 for child in _children(pid)),
+        "exporter": sum(cpu_seconds(child) or 0.0 for child in _children(pid)),
     }
     if receiver is not None:
-        parts["receiver"] = _own_cpu_seconds(receiver) or 0.0
+        parts["receiver"] = cpu_seconds(receiver) or 0.0
     return parts
 
 
