@@ -53,6 +53,6 @@ rm -rf build/mypy-tree && mkdir -p build/mypy-tree/batchwire
 ln -s "$PWD"/batchwire/*.py "$PWD"/{core,protos,server,batching,clients,examples,loadtest,bench,telemetry} build/mypy-tree/batchwire/
 .venv/bin/mypy
 # import-linter, likewise, reads the package from that tree (the layering contracts).
-(cd build/mypy-tree && ../../.venv/bin/lint-imports --config ../../pyproject.toml --no-cache)
+(cd build/mypy-tree && ../../.venv/bin/lint-imports ../../pyproject.toml --no-cache)
 .venv/bin/python -m pytest "$@"
 leg "lint and the whole suite on protobuf $(.venv/bin/python -c 'import google.protobuf as p; print(p.__version__)')"
