@@ -214,10 +214,11 @@ class BatchwireServer:
         settings = self.settings
         if not settings.metrics_port:
             return None
+        host = settings.metrics_address or settings.host
         try:
-            return telemetry.start_metrics(settings.host, settings.metrics_port)
+            return telemetry.start_metrics(host, settings.metrics_port)
         except OSError as exc:
-            address = host_port(settings.host, settings.metrics_port)
+            address = host_port(host, settings.metrics_port)
             if settings.metrics_required:
                 raise StartupError(
                     f"cannot listen on {address} for metrics: {os_reason(exc)}"
@@ -250,9 +251,10 @@ class BatchwireServer:
         )
         self.port = self._bind(server)
         if settings.metrics_port and settings.metrics_required:
-            problem = listen_problem(settings.host, settings.metrics_port)
+            metrics_host = settings.metrics_address or settings.host
+            problem = listen_problem(metrics_host, settings.metrics_port)
             if problem is not None:
-                address = host_port(settings.host, settings.metrics_port)
+                address = host_port(metrics_host, settings.metrics_port)
                 raise StartupError(f"cannot listen on {address} for metrics: {problem}")
         trace_config = TraceConfig.resolve(
             mode=settings.trace_mode,

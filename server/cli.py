@@ -138,6 +138,40 @@ def fraction(text: str | float) -> float:
     return value
 
 
+def triton_bool(text: str | bool) -> bool:
+    """A typer ``parser`` for Triton's boolean options: ``--grpc-use-ssl=true`` (or bare).
+
+    Triton spells them with a value (true/false, on/off, 1/0); a bare flag means true.
+    """
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in ("true", "on", "1", "yes"):
+        return True
+    if value in ("false", "off", "0", "no"):
+        return False
+    raise typer.BadParameter(f"expected true or false, got {text!r}")
+
+
+def positive_seconds(text: str | float) -> float:
+    """A typer ``parser``: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"expected a number of seconds above 0, got {text!r}") from None
+    if not value > 0:
+        raise typer.BadParameter(f"expected a number of seconds above 0, got {value}")
+    return value
+
+
+class ModelControlMode(str, enum.Enum):
+    """Triton's --model-control-mode values."""
+
+    none = "none"
+    poll = "poll"
+    explicit = "explicit"
+
+
 def fail(line: str, code: int = EXIT_STARTUP_FAILED) -> NoReturn:
     """End the command with ``line`` as the only thing on stderr."""
     typer.echo(line, err=True)
@@ -191,6 +225,8 @@ def serve(
     port: Annotated[
         int,
         typer.Option(
+            "--port",
+            "--grpc-port",
             envvar="BATCHWIRE_GRPC_PORT",
             metavar="<port>",
             parser=integer_parser("a port number", 0, 65535),
@@ -241,9 +277,135 @@ def serve(
             envvar="BATCHWIRE_METRICS_PORT",
             metavar="<port>",
             parser=integer_parser("a port number", 0, 65535),
-            help="Prometheus /metrics port on --host, 0 to 65535; 0 turns the endpoint off.",
+            help="Prometheus /metrics port, 0 to 65535; 0 turns the endpoint off.",
         ),
     ] = 8002,
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BATCHWIRE_METRICS_ADDRESS",
+            help="Address the metrics endpoint listens on. Default: --host.",
+        ),
+    ] = None,
+    grpc_use_ssl: Annotated[
+        bool,
+        typer.Option(
+            envvar="BATCHWIRE_GRPC_USE_SSL",
+            metavar="<boolean>",
+            is_flag=False,
+            flag_value="true",
+            parser=triton_bool,
+            show_default="false",
+            help="TLS on the gRPC port (needs --grpc-server-cert and --grpc-server-key).",
+        ),
+    ] = False,
+    grpc_use_ssl_mutual: Annotated[
+        bool,
+        typer.Option(
+            envvar="BATCHWIRE_GRPC_USE_SSL_MUTUAL",
+            metavar="<boolean>",
+            is_flag=False,
+            flag_value="true",
+            parser=triton_bool,
+            show_default="false",
+            help="Mutual TLS: clients need a certificate signed by --grpc-root-cert.",
+        ),
+    ] = False,
+    grpc_server_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BATCHWIRE_GRPC_SERVER_CERT",
+            help="PEM certificate (chain) of the server; reloaded when the file changes.",
+        ),
+    ] = None,
+    grpc_server_key: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BATCHWIRE_GRPC_SERVER_KEY",
+            help="PEM private key of --grpc-server-cert; reloaded when the file changes.",
+        ),
+    ] = None,
+    grpc_root_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BATCHWIRE_GRPC_ROOT_CERT",
+            help="PEM CA certificate(s) client certificates must chain to (mutual TLS).",
+        ),
+    ] = None,
+    grpc_restricted_protocol: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="BATCHWIRE_GRPC_RESTRICTED_PROTOCOL",
+            metavar="<groups>:<key>=<value>",
+            help="Refuse the RPCs of the comma-separated groups (health, metadata, "
+            "inference, shared-memory, model-config, model-repository, statistics, trace, "
+            "logging) unless the header <key> is <value>. Repeatable.",
+        ),
+    ] = None,
+    auth_config: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BATCHWIRE_AUTH_CONFIG",
+            help="Principals, their tokens or certificate names, and scopes (see "
+            "SECURITY.md); reloaded when the file changes.",
+        ),
+    ] = None,
+    model_control_mode: Annotated[
+        ModelControlMode,
+        typer.Option(
+            envvar="BATCHWIRE_MODEL_CONTROL_MODE",
+            case_sensitive=False,
+            help="none: load every model at start, refuse load/unload requests; explicit: "
+            "load the --load-model ones, allow load/unload; poll: follow the repository's "
+            "changes every --repository-poll-secs.",
+        ),
+    ] = ModelControlMode.none,
+    load_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="BATCHWIRE_LOAD_MODEL",
+            metavar="<model>",
+            help="Model to load at start in explicit mode, * for all. Repeatable.",
+        ),
+    ] = None,
+    repository_poll_secs: Annotated[
+        float,
+        typer.Option(
+            envvar="BATCHWIRE_REPOSITORY_POLL_SECS",
+            metavar="<seconds>",
+            parser=positive_seconds,
+            help="Seconds between repository scans in poll mode.",
+        ),
+    ] = 15.0,
+    max_inflight_requests: Annotated[
+        int,
+        typer.Option(
+            envvar="BATCHWIRE_MAX_INFLIGHT_REQUESTS",
+            metavar="<count>",
+            parser=integer_parser("a request count", 0),
+            help="Inference requests in flight in the server; more get RESOURCE_EXHAUSTED. "
+            "0: no limit.",
+        ),
+    ] = 0,
+    max_inflight_requests_per_connection: Annotated[
+        int,
+        typer.Option(
+            envvar="BATCHWIRE_MAX_INFLIGHT_REQUESTS_PER_CONNECTION",
+            metavar="<count>",
+            parser=integer_parser("a request count", 0),
+            help="The same per client connection. 0: no limit.",
+        ),
+    ] = 0,
+    grpc_max_concurrent_streams: Annotated[
+        int,
+        typer.Option(
+            envvar="BATCHWIRE_GRPC_MAX_CONCURRENT_STREAMS",
+            metavar="<count>",
+            parser=integer_parser("a stream count", 0),
+            help="Calls one client connection may have open at once; more wait in the "
+            "client. 0: gRPC's default.",
+        ),
+    ] = 0,
     trace_mode: Annotated[
         TraceMode | None,
         typer.Option(
@@ -301,6 +463,20 @@ def serve(
         trace_rate=trace_rate,
         trace_exporter=trace_exporter.value if trace_exporter is not None else None,
         trace_endpoint=trace_endpoint,
+        grpc_use_ssl=grpc_use_ssl,
+        grpc_use_ssl_mutual=grpc_use_ssl_mutual,
+        grpc_server_cert=grpc_server_cert,
+        grpc_server_key=grpc_server_key,
+        grpc_root_cert=grpc_root_cert,
+        metrics_address=metrics_address,
+        grpc_restricted_protocol=tuple(grpc_restricted_protocol or ()),
+        auth_config=auth_config,
+        model_control_mode=model_control_mode.value,
+        load_models=tuple(load_model or ()),
+        repository_poll_secs=repository_poll_secs,
+        max_inflight_requests=max_inflight_requests,
+        max_inflight_requests_per_connection=max_inflight_requests_per_connection,
+        grpc_max_concurrent_streams=grpc_max_concurrent_streams,
     )
     server = BatchwireServer(settings)
     loop = new_event_loop()

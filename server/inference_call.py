@@ -10,8 +10,9 @@ things come from the front end:
   :class:`~batchwire.core.types.InferenceRequest` and a result into the wire
   response (the pipeline calls it at the right points, so a request's span covers
   both and a refused request is never decoded);
-- a :class:`Caller`: who sent the request, shared by every request of one unary
-  call or of one stream (the trace context is read from it at most once);
+- a :class:`Caller`: who sent the request (its metadata, connection and
+  authenticated principal), shared by every request of one unary call or of one
+  stream (the trace context is read from it at most once);
 - the model name and version the message addresses, the caller's deadline on the
   ``time.monotonic()`` clock, and whether the caller pipelines (a stream with
   several requests in flight, see :mod:`batchwire.server.stream_flow`).
@@ -76,11 +77,23 @@ class Caller:
     from the caller here (:attr:`trace_parent` is tracing's).
     """
 
-    __slots__ = ("metadata", "method", "trace_parent")
+    __slots__ = ("metadata", "method", "peer", "principal", "trace_parent")
 
-    def __init__(self, method: str, metadata: MetadataReader) -> None:
+    def __init__(
+        self,
+        method: str,
+        metadata: MetadataReader,
+        peer: Callable[[], str] = str,
+        principal: str = "",
+    ) -> None:
         self.method = method
         self.metadata = metadata
+        #: Reads the caller's connection identity (gRPC's ``context.peer()``, e.g.
+        #: ``ipv4:127.0.0.1:51234``): the same string for every call of one connection.
+        self.peer = peer
+        #: The authenticated principal's name (batchwire.server.access), set by the
+        #: front end from the transport's credentials; empty when none is configured.
+        self.principal = principal
         #: The caller's span context once read (None: it sent none); UNREAD before.
         self.trace_parent: Any = UNREAD
 

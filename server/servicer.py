@@ -92,7 +92,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             InferenceCall(
                 request,
                 GRPC_CODEC,
-                Caller("ModelInfer", context.invocation_metadata),
+                Caller("ModelInfer", context.invocation_metadata, context.peer),
                 request.model_name,
                 request.model_version,
                 _deadline(context),
@@ -110,7 +110,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         this generator is the only writer.
         """
         deadline = _deadline(context)
-        caller = Caller("ModelStreamInfer", context.invocation_metadata)
+        caller = Caller("ModelStreamInfer", context.invocation_metadata, context.peer)
         infer = self.dataplane.infer
         done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         in_flight = 0

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from batchwire.telemetry.trace_config import check_trace_settings
 
+#: Triton's --model-control-mode values.
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+
 #: tritonclient sends messages up to 2 GiB; gRPC's own default is 4 MiB.
 DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -46,6 +49,44 @@ class ServerSettings:
     #: Collector endpoint; None lets the exporter read OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT.
     trace_endpoint: str | None = None
 
+    # -- transport security (Triton's --grpc-use-ssl* options) -----------------------
+    #: TLS on the gRPC port; needs ``grpc_server_cert`` and ``grpc_server_key``.
+    grpc_use_ssl: bool = False
+    #: Mutual TLS: clients must present a certificate signed by ``grpc_root_cert``.
+    #: Implies ``grpc_use_ssl``.
+    grpc_use_ssl_mutual: bool = False
+    #: PEM files; reloaded from disk when they change (new connections see them).
+    grpc_server_cert: Path | None = None
+    grpc_server_key: Path | None = None
+    grpc_root_cert: Path | None = None
+    #: Address of the metrics endpoint; None: ``host``.
+    metrics_address: str | None = None
+
+    # -- who may do what -------------------------------------------------------------
+    #: Triton's ``--grpc-restricted-protocol`` values, ``<groups>:<key>=<value>`` each.
+    grpc_restricted_protocol: tuple[str, ...] = ()
+    #: Principals, their credentials and scopes (batchwire.server.access); reloaded
+    #: when the file changes. None: no caller identity is required.
+    auth_config: Path | None = None
+
+    # -- model control (Triton's --model-control-mode) -------------------------------
+    #: ``none`` (load everything at start, refuse load/unload), ``explicit`` (load
+    #: ``load_models`` at start; load/unload RPCs allowed) or ``poll``.
+    model_control_mode: str = "none"
+    #: Models loaded at start in explicit mode; ``*`` loads all.
+    load_models: tuple[str, ...] = ()
+    #: Seconds between repository scans in poll mode.
+    repository_poll_secs: float = 15.0
+
+    # -- limits ----------------------------------------------------------------------
+    #: Inference requests in flight in the whole server (0: no limit); past it,
+    #: RESOURCE_EXHAUSTED.
+    max_inflight_requests: int = 0
+    #: The same, per client connection (0: no limit).
+    max_inflight_requests_per_connection: int = 0
+    #: HTTP/2 streams a client connection may hold open at once (0: gRPC's default).
+    grpc_max_concurrent_streams: int = 0
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
@@ -56,3 +97,27 @@ class ServerSettings:
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         check_trace_settings(self.trace_mode, self.trace_rate, self.trace_exporter)
+        if self.model_control_mode not in MODEL_CONTROL_MODES:
+            raise ValueError(
+                f"model_control_mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
+                f"got {self.model_control_mode!r}"
+            )
+        if self.load_models and self.model_control_mode != "explicit":
+            raise ValueError(
+                "load_models needs model_control_mode 'explicit', "
+                f"got {self.model_control_mode!r}"
+            )
+        if not self.repository_poll_secs > 0:
+            raise ValueError(f"repository_poll_secs must be > 0, got {self.repository_poll_secs}")
+        for name in (
+            "max_inflight_requests",
+            "max_inflight_requests_per_connection",
+            "grpc_max_concurrent_streams",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC port speaks TLS."""
+        return self.grpc_use_ssl or self.grpc_use_ssl_mutual

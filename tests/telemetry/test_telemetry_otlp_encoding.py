@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from testsupport import request_span_record as request
 
-from batchwire.telemetry.otlp_encoding import OtlpEncoder
+from batchwire.telemetry.otlp_encoding import OtlpEncoder, _any_value, set_value
 from batchwire.telemetry.sdk_spans import SpanBuilder
 from batchwire.telemetry.span_records import BatchSpanRecord, SpanRecord
 
@@ -279,3 +279,41 @@ def test_a_large_export_of_varied_spans_matches_the_sdk_encoding() -> None:
     encoder, sdk = encoders(records)
     assert normalized(encoded(encoder, records)) == normalized(sdk)
     assert len(sdk.resource_spans[0].scope_spans[0].spans) == len(records)
+
+
+def test_every_attribute_value_kind_encodes_as_the_messages_do() -> None:
+    """The wire writer against ``set_value`` on the messages, kind by kind."""
+    for sample in (
+        "",
+        "é☃",
+        True,
+        False,
+        0,
+        1,
+        -1,
+        (1 << 63) - 1,
+        -(1 << 63),
+        0.5,
+        -2.0,
+        [3, 64],
+        [],
+    ):
+        expected = AnyValue()
+        set_value(expected, sample)
+        assert AnyValue.FromString(_any_value(sample)) == expected, sample
+
+
+def test_reused_attributes_keep_their_type() -> None:
+    """``True == 1`` in a dict: the cache of encoded attributes must not mix them up."""
+    encoder = OtlpEncoder({"service.name": "t"}, "batchwire", "0", 0)
+    records = [
+        request(span_id=11, request_id="1"),
+        request(span_id=12, batch_size=1),
+        request(span_id=13, request_id="1"),
+    ]
+    spans = {
+        int.from_bytes(s.span_id, "big"): attributes(s.attributes)
+        for s in encoded(encoder, records).resource_spans[0].scope_spans[0].spans
+    }
+    assert spans[11]["batchwire.request.id"] == "1" == spans[13]["batchwire.request.id"]
+    assert spans[12]["batchwire.batch.size"] == 1
