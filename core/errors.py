@@ -21,6 +21,8 @@ class StatusCode(enum.Enum):
     INTERNAL = "INTERNAL"
     UNIMPLEMENTED = "UNIMPLEMENTED"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 class InferenceError(Exception):
@@ -103,6 +105,45 @@ class UnsupportedError(InferenceError):
 
     code = StatusCode.UNIMPLEMENTED
     reason = "unimplemented"
+
+
+class UnauthenticatedError(InferenceError):
+    """The call carries no credentials the server knows (no token, an unknown one, no
+    client certificate a principal is named by)."""
+
+    code = StatusCode.UNAUTHENTICATED
+    reason = "unauthenticated"
+
+
+class PermissionDeniedError(InferenceError):
+    """The caller is known, and its scopes do not allow what it asked for."""
+
+    code = StatusCode.PERMISSION_DENIED
+    reason = "permission_denied"
+
+
+class RestrictedProtocolError(InferenceError):
+    """A ``--grpc-restricted-protocol`` group called without its header (Triton: UNAVAILABLE)."""
+
+    code = StatusCode.UNAVAILABLE
+    reason = "restricted"
+
+
+class ModelControlDisabledError(InferenceError):
+    """A model load or unload request while the model control mode does not allow one.
+
+    Triton answers UNAVAILABLE, with the same message in its NONE and POLL modes.
+    """
+
+    code = StatusCode.UNAVAILABLE
+    reason = "unavailable"
+
+
+class ModelNameError(InferenceError):
+    """A model name that does not name a folder inside the model repository."""
+
+    code = StatusCode.INVALID_ARGUMENT
+    reason = "invalid_argument"
 
 
 class ModelLoadError(Exception):

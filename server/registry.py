@@ -4,6 +4,10 @@ Concurrency: every method runs on the server's event loop. Loading a model
 file is blocking work and runs in a worker thread; the registry's tables are
 only mutated on the loop, so lookups need no lock. One asyncio lock per model
 name serializes load/unload of that model.
+
+Reloads follow Triton's rule: the new versions load next to the serving ones and
+replace them only once up, so a reload drops no traffic; when they fail, a model
+that has a ready version keeps its loaded versions unchanged.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from batchwire.batching import ModelBatcher
@@ -23,7 +27,7 @@ from batchwire.core.errors import (
 from batchwire.core.observer import BatchObserver
 from batchwire.core.spec import ModelSpec
 from batchwire.protos import model_config_pb2
-from batchwire.server.repository import ModelRepository, ModelVersionSource
+from batchwire.server.repository import ModelEntry, ModelRepository, ModelVersionSource
 
 log = logging.getLogger(__name__)
 
@@ -175,29 +179,40 @@ class ModelRegistry:
 
     # Lifecycle ----------------------------------------------------------
 
-    async def load_all(self) -> None:
-        """Load every model in the repository; failures are recorded, never raised."""
-        entries = await asyncio.to_thread(self.repository.discover)
+    def names(self) -> list[str]:
+        """Every model the registry knows (loaded, failed or unloaded), sorted."""
+        return sorted(self._models)
+
+    async def load_all(self, names: Iterable[str] | None = None) -> None:
+        """Load every model in the repository, or only ``names``; failures are recorded."""
+        if names is None:
+            entries = await asyncio.to_thread(self.repository.discover)
+        else:
+            entries = [
+                await asyncio.to_thread(self.repository.discover_model, name) for name in names
+            ]
         for entry in entries:
             await self._apply(entry)
 
     async def load(self, name: str) -> ServedModel:
-        """(Re)load one model from the repository; raises ModelLoadError when it fails."""
-        entry = await asyncio.to_thread(self.repository.discover_model, name)
-        await self._apply(entry)
-        versions = self._models[name]
-        if versions.error:
-            raise ModelLoadError(versions.error)
-        failed = [m for m in versions.versions.values() if not m.ready]
-        if failed:
-            raise ModelLoadError(
-                "; ".join(f"model '{name}' version {m.version}: {m.reason}" for m in failed)
-            )
-        assert versions.latest is not None
-        return versions.latest
+        """(Re)load one model from the repository; raises ModelLoadError when it fails.
 
-    async def unload(self, name: str) -> None:
-        """Stop serving ``name``: drain its queues and release its instances."""
+        A model that is serving keeps its loaded versions when the reload fails.
+        """
+        entry = await asyncio.to_thread(self.repository.discover_model, name)
+        failure = await self._apply(entry)
+        if failure:
+            raise ModelLoadError(failure)
+        latest = self._models[name].latest
+        assert latest is not None
+        return latest
+
+    async def unload(self, name: str, *, forget: bool = False) -> None:
+        """Stop serving ``name``: drain its queues and release its instances.
+
+        The index keeps listing it as unloaded, unless ``forget`` (its folder left the
+        repository): then the registry no longer knows it at all.
+        """
         if name not in self._models:
             raise ModelNotFoundError(f"model '{name}' is not in the model repository")
         async with self._lock(name):
@@ -205,6 +220,8 @@ class ModelRegistry:
             entry.unloaded = True
             entry.latest = None
             await self._stop_versions(list(entry.versions.values()))
+            if forget and self._models.get(name) is entry:
+                del self._models[name]
         self._notify(name, False)
 
     async def close(self) -> None:
@@ -216,7 +233,13 @@ class ModelRegistry:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def _apply(self, entry) -> None:
+    async def _apply(self, entry: ModelEntry) -> str:
+        """Serve the versions ``entry`` describes; returns why not ("" when all are up).
+
+        Triton's reload rule: a model that has a ready version keeps its loaded
+        versions, unchanged, when the new ones fail (bad config, a version that does
+        not load); the new ones are stopped and the failure is logged and returned.
+        """
         name = entry.name
         async with self._lock(name):
             old = self._models.get(name)
@@ -231,12 +254,26 @@ class ModelRegistry:
             self._models[name] = fresh if old is None else old
             for source in sources:
                 fresh.versions[source.version] = await self._load_version(source)
+            fresh.refresh_latest()
+            failure = fresh.error or "; ".join(
+                f"model '{name}' version {m.version}: {m.reason}"
+                for m in fresh.versions.values()
+                if not m.ready
+            )
+            if failure and old is not None and old.latest is not None:
+                log.error(
+                    "model '%s' failed to reload; its loaded version(s) keep serving: %s",
+                    name,
+                    failure,
+                )
+                await self._stop_versions(list(fresh.versions.values()))
+                return failure
             # Swap only after the new versions are up, so a reload never drops traffic.
             self._models[name] = fresh
-            fresh.refresh_latest()
             if old is not None:
                 await self._stop_versions(list(old.versions.values()))
         self._notify(name, fresh.latest is not None)
+        return failure
 
     async def _load_version(self, source: ModelVersionSource) -> ServedModel:
         served = ServedModel(

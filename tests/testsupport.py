@@ -4,6 +4,7 @@ on the fly, servers on free loopback ports, span records, components that may be
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -139,3 +140,20 @@ def require_component(available: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (scripts/test.sh installs it; CI does not skip)")
     pytest.skip(reason)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds.
+
+    For changes that happen in the background (a repository poll, a reload): the test
+    waits for the state it expects, never for a fixed time.
+    """
+    import time
+
+    import pytest
+
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            pytest.fail(f"gave up waiting for {what} after {timeout:g} s")
+        time.sleep(0.02)

@@ -155,6 +155,7 @@ def config_to_spec(
             warmup=_warmups(config, model_dir),
             execution=_execution(fmt, options),
             parameters={key: p.string_value for key, p in sorted(config.parameters.items())},
+            max_input_bytes=options.max_input_bytes or 0,
         )
     except ValueError as exc:
         # The spec re-checks its invariants; validate_config should have caught them first.

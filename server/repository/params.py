@@ -23,6 +23,7 @@ SPLIT_ON_OOM = "batchwire.split_on_oom"
 PYTHON_CLASS = "batchwire.python_class"
 INTRA_OP_THREADS = "batchwire.intra_op_threads"
 INLINE_BELOW_US = "batchwire.inline_below_us"
+MAX_INPUT_BYTES = "batchwire.max_input_bytes"
 
 KNOWN_KEYS = (
     ADAPTIVE_DELAY,
@@ -32,6 +33,7 @@ KNOWN_KEYS = (
     PYTHON_CLASS,
     INTRA_OP_THREADS,
     INLINE_BELOW_US,
+    MAX_INPUT_BYTES,
 )
 #: keys that only matter with dynamic_batching.
 BATCHING_KEYS = (ADAPTIVE_DELAY, RAGGED_PAD_VALUE, RETRY_BY_HALVES, SPLIT_ON_OOM)
@@ -53,6 +55,8 @@ class BatchwireOptions:
     python_class: str = DEFAULT_PYTHON_CLASS
     intra_op_threads: int | None = None
     inline_below_us: int | None = None
+    #: Largest input tensor a request may carry, in bytes (None: no limit).
+    max_input_bytes: int | None = None
 
 
 def _field(key: str) -> str:
@@ -131,4 +135,5 @@ def parse_options(config: mc.ModelConfig, path: object) -> BatchwireOptions:
         python_class=python_class,
         intra_op_threads=integer(INTRA_OP_THREADS, 1),
         inline_below_us=integer(INLINE_BELOW_US, 0),
+        max_input_bytes=integer(MAX_INPUT_BYTES, 1),
     )

@@ -8,7 +8,10 @@ Layout (Triton's)::
 :meth:`ModelRepository.discover` reads every config and picks the versions to
 serve, without loading any weights; :meth:`ModelRepository.load` loads one
 version. A model that fails never hides the others: its entry carries the
-error message instead.
+error message instead. No model is loaded from outside the root: a model
+folder, every linked entry directly in it and each model file must resolve
+inside the root (:mod:`~batchwire.server.repository.names`), or the model fails
+with that reason.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from batchwire.core.errors import ModelLoadError
+from batchwire.core.errors import ModelLoadError, ModelNameError
 from batchwire.core.model import Model
 from batchwire.server.repository.config import load_config
 from batchwire.server.repository.convert import config_to_spec
 from batchwire.server.repository.errors import load_error
 from batchwire.server.repository.loaders import load_model
+from batchwire.server.repository.names import check_inside, check_model_name
 from batchwire.server.repository.source import ModelEntry, ModelVersionSource
 from batchwire.server.repository.versions import available_versions, select_versions
 
@@ -73,16 +77,36 @@ class ModelRepository:
         )
         return entries
 
+    def model_folder(self, name: str) -> Path:
+        """The folder of model ``name``, once known to lie inside the repository.
+
+        Raises ModelNameError (see :mod:`~batchwire.server.repository.names`) for a
+        name that is not a folder name, or a model folder or one of its entries that
+        resolves outside the root; ModelLoadError when there is no such folder.
+        """
+        check_model_name(name)
+        model_dir = self.root / name
+        real_root = self.root.resolve()
+        check_inside(name, model_dir, real_root, "model folder")
+        if not model_dir.is_dir():
+            raise load_error(model_dir, "", "model folder not found")
+        try:
+            entries = list(model_dir.iterdir())
+        except OSError as exc:
+            raise load_error(model_dir, "", f"cannot read the model folder: {exc}") from None
+        for entry in entries:
+            if entry.is_symlink():
+                what = "version folder" if entry.is_dir() else "file"
+                check_inside(name, entry, real_root, what)
+        return model_dir
+
     def discover_model(self, name: str) -> ModelEntry:
         """Re-read one model folder (for a reload); an unknown name gives an error entry."""
         model_dir = self.root / name
         try:
-            if not name or "/" in name or "\\" in name or name in (".", ".."):
-                raise ModelLoadError(f"{self.root}: '{name}' is not a model folder name")
-            if not model_dir.is_dir():
-                raise load_error(model_dir, "", "model folder not found")
+            model_dir = self.model_folder(name)
             versions = self._versions(model_dir)
-        except ModelLoadError as exc:
+        except (ModelLoadError, ModelNameError) as exc:
             log.error("model '%s' failed: %s", name, exc)
             return ModelEntry(name=name, path=model_dir, error=str(exc))
         log.info(
@@ -108,6 +132,7 @@ class ModelRepository:
                 spec=config_to_spec(config, fmt, version, model_dir, config_file),
                 format=fmt,
             )
+            check_inside(model_dir.name, source.model_file, self.root.resolve(), "model file")
             if not source.model_file.is_file():
                 raise load_error(
                     source.model_file,

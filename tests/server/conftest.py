@@ -24,7 +24,8 @@ def versioned_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-#: ``serve(repository, stages=None)`` -> a started server (default pipeline without stages).
+#: ``serve(repository, stages=None, **settings)`` -> a started server (default pipeline
+#: without stages; ``settings`` are ServerSettings fields).
 ServeFn = Callable[..., "ServerThread"]
 
 
@@ -36,8 +37,15 @@ def serve() -> Iterator[ServeFn]:
 
     servers: list[ServerThread] = []
 
-    def start(repository: Path, stages: Sequence[StageFactory] | None = None) -> ServerThread:
-        settings = ServerSettings(host="127.0.0.1", port=0, model_repository=repository)
+    def start(
+        repository: Path, stages: Sequence[StageFactory] | None = None, **fields: object
+    ) -> ServerThread:
+        settings = ServerSettings(
+            host="127.0.0.1",
+            port=0,
+            model_repository=repository,
+            **fields,  # type: ignore[arg-type]
+        )
         server = ServerThread(settings) if stages is None else ServerThread(settings, stages=stages)
         servers.append(server)
         return server.start()

@@ -137,7 +137,9 @@ def test_a_server_builds_each_chain_once_and_again_after_a_reload(
     serve, versioned_repository: Path
 ) -> None:
     BUILT.clear()
-    server = serve(versioned_repository, (Counted, *STAGES))
+    server = serve(
+        versioned_repository, (Counted, *STAGES), model_control_mode="explicit", load_models=("*",)
+    )
     plane = server.server.dataplane
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)

@@ -20,8 +20,8 @@ from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 
 @pytest.fixture(scope="module")
 def stub(serve, versioned_repository: Path) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
-    # A server of its own: loading an unknown model leaves an entry in its registry.
-    server = serve(versioned_repository)
+    # A server of its own, in explicit mode: its tests load and unload models.
+    server = serve(versioned_repository, model_control_mode="explicit", load_models=("*",))
     with grpc.insecure_channel(server.address) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 

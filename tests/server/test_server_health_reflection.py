@@ -139,7 +139,7 @@ def own_repository(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def own_server(own_repository: Path) -> Iterator[ServerThread]:
-    server = start_server(own_repository)
+    server = start_server(own_repository, model_control_mode="explicit", load_models=("*",))
     yield server
     server.stop()
 

@@ -51,7 +51,7 @@ def server(tmp_path_factory):
     (broken / "1").mkdir(parents=True)
     (broken / "config.pbtxt").write_text('name: "broken"\nmax_batch_size: 4\ninput { name: "X" ')
     (broken / "1" / "model.py").write_text("")
-    srv = start_server(root)
+    srv = start_server(root, model_control_mode="explicit", load_models=("*",))
     yield srv
     srv.stop()
 
