@@ -191,6 +191,9 @@ class ModelSpec:
     warmup: tuple[WarmupSpec, ...] = ()
     execution: ExecutionSpec = ExecutionSpec()
     parameters: Mapping[str, str] = field(default_factory=dict)
+    #: Largest input tensor a request may carry, in bytes (``batchwire.max_input_bytes``;
+    #: BYTES tensors as sent, 4-byte length prefixes included); 0: no limit.
+    max_input_bytes: int = 0
     #: name -> spec lookups, derived once (the request path reads them per request).
     input_map: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)
     output_map: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)
@@ -201,6 +204,8 @@ class ModelSpec:
         object.__setattr__(self, "output_map", _frozen_map({t.name: t for t in self.outputs}))
         if self.max_batch_size < 0:
             raise ValueError(f"max_batch_size must be >= 0, got {self.max_batch_size}")
+        if self.max_input_bytes < 0:
+            raise ValueError(f"max_input_bytes must be >= 0, got {self.max_input_bytes}")
         if self.batching is not None and self.max_batch_size == 0:
             raise ValueError("dynamic_batching needs max_batch_size > 0")
         for kind, tensors in (("input", self.inputs), ("output", self.outputs)):

@@ -6,6 +6,8 @@ so a caller can fix the request without reading the server's logs.
 
 from __future__ import annotations
 
+import numpy as np
+
 from batchwire.core.datatypes import NUMPY_DTYPES
 from batchwire.core.errors import InvalidInputError
 from batchwire.core.spec import ModelSpec, TensorSpec
@@ -19,6 +21,26 @@ def _shape_str(shape: tuple[int, ...] | list[int]) -> str:
 def expected_shape(spec: ModelSpec, tensor: TensorSpec) -> tuple[int, ...]:
     """The full shape a request must carry for ``tensor`` (-1 where anything goes)."""
     return (-1, *tensor.dims) if spec.batched else tensor.dims
+
+
+def byte_size(array: np.ndarray) -> int:
+    """Bytes ``array`` takes on the wire: its data, or for BYTES (object) tensors each
+    element's length plus its 4-byte length prefix, as the protocol serializes them."""
+    if array.dtype != np.object_:
+        return array.nbytes
+    return 4 * array.size + sum(len(item) for item in array.flat)
+
+
+def _check_size(spec: ModelSpec, tensor: TensorSpec, array: np.ndarray) -> None:
+    size = byte_size(array)
+    if size > spec.max_input_bytes:
+        # Triton's --http-max-input-size refusal is INVALID_ARGUMENT too: the same
+        # request can never succeed, so it is not one to retry.
+        raise InvalidInputError(
+            f"model '{spec.name}' input '{tensor.name}' has a byte size of {size} bytes, "
+            f"over the model's limit of {spec.max_input_bytes} bytes "
+            "(parameter batchwire.max_input_bytes)"
+        )
 
 
 def _check_shape(spec: ModelSpec, tensor: TensorSpec, shape: tuple[int, ...]) -> None:
@@ -35,11 +57,15 @@ def _check_shape(spec: ModelSpec, tensor: TensorSpec, shape: tuple[int, ...]) ->
 def validate_request(spec: ModelSpec, request: InferenceRequest, datatypes: dict[str, str]) -> None:
     """Raise :class:`InvalidInputError` unless ``request`` fits ``spec``.
 
+    With ``spec.max_input_bytes`` set, an input larger than that (see :func:`byte_size`)
+    is refused, naming the input, its size and the limit.
+
     ``datatypes`` maps each input name to the v2 datatype the caller declared
     (arrays alone cannot tell BF16 from UINT16).
     """
     inputs = request.inputs
     known = spec.input_map
+    limited = spec.max_input_bytes > 0
     for name in inputs:
         if name not in known:
             raise InvalidInputError(
@@ -67,6 +93,8 @@ def validate_request(spec: ModelSpec, request: InferenceRequest, datatypes: dict
                 f"model '{spec.name}' input '{tensor.name}': expected {tensor.datatype} "
                 f"data, got numpy {array.dtype}"
             )
+        if limited:
+            _check_size(spec, tensor, array)
         _check_shape(spec, tensor, array.shape)
         if spec.batched:
             size = array.shape[0]
