@@ -10,8 +10,11 @@ numpy arrays in, numpy arrays out::
 
 :class:`AsyncInferenceClient` offers the same methods as coroutines over
 ``grpc.aio``. Failures raise :class:`InferenceServerError`, which carries the
-``grpc.StatusCode`` and the server's message. ``batchwire infer`` (see
-:mod:`batchwire.clients.cli`) is the command-line front end.
+``grpc.StatusCode`` and the server's message. A secured server takes
+``token=`` (a bearer token), ``headers=`` (sent with every call) and ``ssl=True``
+with ``root_certificates=`` / ``private_key=`` / ``certificate_chain=`` files, as
+tritonclient spells them (:func:`ssl_credentials` builds the credentials).
+``batchwire infer`` (see :mod:`batchwire.clients.cli`) is the command-line front end.
 """
 
 from batchwire.clients._calls import InferResult
@@ -19,13 +22,16 @@ from batchwire.clients.aio import AsyncInferenceClient
 from batchwire.clients.client import InferenceClient
 from batchwire.clients.errors import InferenceServerError
 from batchwire.clients.tensors import InferInput, bf16_to_float32, float_to_bf16
+from batchwire.clients.tls import CertificateFileError, ssl_credentials
 
 __all__ = [
     "AsyncInferenceClient",
+    "CertificateFileError",
     "InferInput",
     "InferResult",
     "InferenceClient",
     "InferenceServerError",
     "bf16_to_float32",
     "float_to_bf16",
+    "ssl_credentials",
 ]

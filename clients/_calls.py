@@ -4,10 +4,16 @@ Each client method builds a :class:`Call` here (which RPC, the request, how to
 turn the response into the return value) and only performs the I/O itself, so
 :class:`~batchwire.clients.client.InferenceClient` and
 :class:`~batchwire.clients.aio.AsyncInferenceClient` stay thin and identical.
+
+Metadata: a client's own ``headers`` (and ``token``, as ``authorization: Bearer
+<token>``) go with every call, unary and streaming; a call's ``headers`` are added to
+them and win where both name a key (:func:`merge_metadata`). Header names and values
+are checked before anything is sent (:func:`to_metadata`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -27,6 +33,12 @@ Metadata = tuple[tuple[str, str], ...]
 
 _INT64_MAX = 2**63 - 1
 _SCHEMES = ("grpc://", "http://")
+#: The header a bearer token goes in (what Triton's and batchwire's servers read).
+AUTHORIZATION = "authorization"
+# What gRPC accepts in (lower-cased) metadata keys and in text values.
+_HEADER_KEY = re.compile(r"[0-9a-z_.-]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def normalize_address(address: str) -> str:
@@ -52,10 +64,59 @@ def channel_options(
 
 
 def to_metadata(headers: Mapping[str, str] | None) -> Metadata | None:
-    """gRPC call metadata from a header mapping (keys lower-cased, as gRPC requires)."""
+    """gRPC call metadata from a header mapping (keys lower-cased, as gRPC requires).
+
+    Raises ``ValueError`` naming a key gRPC would refuse (letters, digits, ``-``,
+    ``_`` and ``.`` only; no ``-bin`` keys, whose values are bytes) or whose value is
+    not printable ASCII; the value itself is never repeated, as it may be a secret.
+    gRPC's own refusal says only "Invalid metadata".
+    """
     if not headers:
         return None
-    return tuple((key.lower(), str(value)) for key, value in headers.items())
+    metadata = tuple((key.lower(), str(value)) for key, value in headers.items())
+    for key, value in metadata:
+        if not _HEADER_KEY.fullmatch(key) or key.endswith("-bin"):
+            raise ValueError(
+                f"header name {key!r} is not a valid gRPC metadata key: expected letters, "
+                "digits, '-', '_' or '.', not ending in '-bin'"
+            )
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(
+                f"the value of header {key!r} is not valid gRPC metadata: expected "
+                "printable ASCII (no line breaks or non-ASCII characters)"
+            )
+    return metadata
+
+
+def client_metadata(headers: Mapping[str, str] | None, token: str | None) -> Metadata:
+    """The metadata a client sends with every call: ``headers``, plus
+    ``authorization: Bearer <token>`` when ``token`` is given (surrounding whitespace
+    dropped, as in a token pasted from a file).
+
+    Raises ``ValueError`` for an invalid header (see :func:`to_metadata`), a token that
+    is not printable ASCII without spaces, or a token given as well as an
+    ``authorization`` header. No message repeats the token.
+    """
+    metadata = to_metadata(headers) or ()
+    token = token.strip() if token is not None else ""
+    if not token:
+        return metadata
+    if not _TOKEN.fullmatch(token):
+        raise ValueError("the token must be printable ASCII without spaces")
+    if any(key == AUTHORIZATION for key, _ in metadata):
+        raise ValueError("give the token either as token or as an 'authorization' header, not both")
+    return (*metadata, (AUTHORIZATION, f"Bearer {token}"))
+
+
+def merge_metadata(base: Metadata, extra: Metadata | None) -> Metadata | None:
+    """``base`` (a client's own metadata) with ``extra`` (one call's) added; a key in
+    both is sent with ``extra``'s value only. None when there is nothing to send."""
+    if not extra:
+        return base or None
+    if not base:
+        return extra
+    overridden = {key for key, _ in extra}
+    return tuple(pair for pair in base if pair[0] not in overridden) + extra
 
 
 def to_parameter(value: ParameterValue) -> pb.InferParameter:

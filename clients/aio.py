@@ -14,6 +14,7 @@ from batchwire.clients import _calls
 from batchwire.clients._calls import InferResult, ParameterValue
 from batchwire.clients.errors import InferenceServerError
 from batchwire.clients.tensors import InputsLike
+from batchwire.clients.tls import PathLike, tls_credentials
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import health_pb2_grpc, model_config_pb2
 from batchwire.protos.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -28,7 +29,8 @@ class AsyncInferenceClient:
 
     Same constructor and methods, as coroutines (``stream_infer`` is an async
     generator). The channel is opened on first use, in the running event loop,
-    so the client must be used from one loop. Use ``async with`` or await
+    so the client must be used from one loop; TLS files, headers and token are
+    checked in the constructor all the same. Use ``async with`` or await
     :meth:`close`.
     """
 
@@ -40,13 +42,28 @@ class AsyncInferenceClient:
         max_message_bytes: int = 2**31 - 1,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        headers: Mapping[str, str] | None = None,
+        token: str | None = None,
+        ssl: bool = False,
+        root_certificates: PathLike | None = None,
+        private_key: PathLike | None = None,
+        certificate_chain: PathLike | None = None,
     ) -> None:
         self.address = _calls.normalize_address(address)
         self.timeout = timeout
+        self._metadata = _calls.client_metadata(headers, token)
         self._options = _calls.channel_options(max_message_bytes, channel_options)
-        self._credentials = credentials
+        self._credentials = tls_credentials(
+            credentials, ssl, root_certificates, private_key, certificate_chain
+        )
+        self.tls = self._credentials is not None
         self._channel: grpc.aio.Channel | None = None
         self._stubs: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        # Header names only: values (the token above all) may be secrets.
+        names = [key for key, _ in self._metadata]
+        return f"AsyncInferenceClient({self.address!r}, tls={self.tls}, headers={names})"
 
     async def __aenter__(self) -> AsyncInferenceClient:
         return self
@@ -84,7 +101,11 @@ class AsyncInferenceClient:
         method = getattr(self._stub(call.service), call.method)
         timeout = self.timeout if call.timeout is None else call.timeout
         try:
-            response = await method(call.request, timeout=timeout, metadata=call.metadata)
+            response = await method(
+                call.request,
+                timeout=timeout,
+                metadata=_calls.merge_metadata(self._metadata, call.metadata),
+            )
         except grpc.RpcError as exc:
             raise InferenceServerError.from_rpc_error(exc) from exc
         return call.convert(response)
@@ -209,7 +230,7 @@ class AsyncInferenceClient:
         call = self._stub("inference").ModelStreamInfer(
             request_iterator(),
             timeout=self.timeout if deadline is None else deadline,
-            metadata=_calls.to_metadata(headers),
+            metadata=_calls.merge_metadata(self._metadata, _calls.to_metadata(headers)),
         )
         try:
             async for response in call:

@@ -26,6 +26,7 @@ from batchwire.clients._calls import InferResult
 from batchwire.clients.client import InferenceClient
 from batchwire.clients.errors import InferenceServerError
 from batchwire.clients.tensors import bf16_to_float32, float_to_bf16
+from batchwire.clients.tls import CertificateFileError
 from batchwire.core.datatypes import NUMPY_DTYPES
 from batchwire.protos import grpc_service_pb2 as pb
 
@@ -36,6 +37,7 @@ __all__ = [
     "HelpGroup",
     "build_app",
     "main",
+    "parse_headers",
     "random_inputs",
     "random_tensor",
     "register",
@@ -254,6 +256,66 @@ def _load_input(spec: str) -> tuple[str, np.ndarray]:
         raise typer.BadParameter(f"cannot load {path!r}: {exc}", param_hint="--input") from exc
 
 
+def parse_headers(values: Sequence[str]) -> dict[str, str]:
+    """``-H <key>:<value>`` values as a header mapping (split at the first ``:``; spaces
+    around key and value dropped; a key given twice keeps its last value).
+
+    A value may be a secret (``authorization``), so no message repeats one.
+    """
+    headers: dict[str, str] = {}
+    for index, text in enumerate(values, start=1):
+        key, sep, value = text.partition(":")
+        if not sep or not key.strip():
+            raise typer.BadParameter(
+                f"expected <key>:<value>, got a value without a key before ':' (header {index})"
+                if sep
+                else f"expected <key>:<value>, got no ':' (header {index})",
+                param_hint="'-H' / '--header'",
+            )
+        headers[key.strip()] = value.strip()
+    return headers
+
+
+def _connect(
+    url: str,
+    timeout: float,
+    headers: Sequence[str],
+    token: str | None,
+    ssl: bool,
+    root_certificates: str | None,
+    private_key: str | None,
+    certificate_chain: str | None,
+) -> InferenceClient:
+    """The client the options describe; a bad file, header or token exits with 2 and
+    one line saying what is wrong (never the token)."""
+    if (private_key is None) != (certificate_chain is None):
+        given, missing = (
+            ("--private-key", "--certificate-chain")
+            if certificate_chain is None
+            else ("--certificate-chain", "--private-key")
+        )
+        typer.echo(f"error: {given} needs {missing} (a client certificate needs both)", err=True)
+        raise typer.Exit(2)
+    try:
+        return InferenceClient(
+            url,
+            timeout=timeout,
+            headers=parse_headers(headers),
+            token=token,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+        )
+    except CertificateFileError as exc:
+        option = "--" + exc.argument.replace("_", "-")
+        typer.echo(f"error: {option} {exc.path}: {exc.problem}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:  # a header gRPC would refuse, or the token
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _display_array(array: np.ndarray, datatype: str) -> np.ndarray:
     return bf16_to_float32(array) if datatype == "BF16" else array
 
@@ -341,13 +403,84 @@ def infer(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Deadline of each call, in seconds.")
     ] = 60.0,
+    header_values: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--header",
+            "-H",
+            metavar="<key>:<value>",
+            help="gRPC metadata sent with every call, such as a restricted protocol "
+            "header; repeatable.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="BATCHWIRE_TOKEN",
+            show_envvar=True,
+            metavar="<token>",
+            help="Bearer token, sent as 'authorization: Bearer <token>'. Prefer the "
+            "environment variable: a token typed on the command line stays in the shell "
+            "history and shows in the process list.",
+        ),
+    ] = None,
+    ssl: Annotated[
+        bool,
+        typer.Option(
+            "--ssl",
+            "--ssl-grpc-use-ssl",
+            help="Connect with TLS (implied by the three file options below).",
+        ),
+    ] = False,
+    root_certificates: Annotated[
+        str | None,
+        typer.Option(
+            "--root-certificates",
+            "--ssl-grpc-root-certifications-file",
+            metavar="<path>",
+            help="PEM file of the CA certificates to trust. Default: the system's.",
+        ),
+    ] = None,
+    private_key: Annotated[
+        str | None,
+        typer.Option(
+            "--private-key",
+            "--ssl-grpc-private-key-file",
+            metavar="<path>",
+            help="PEM file of the client's private key, for mutual TLS.",
+        ),
+    ] = None,
+    certificate_chain: Annotated[
+        str | None,
+        typer.Option(
+            "--certificate-chain",
+            "--ssl-grpc-certificate-chain-file",
+            metavar="<path>",
+            help="PEM file of the client's certificate, for mutual TLS.",
+        ),
+    ] = None,
 ) -> None:
-    """Run one inference request against a batchwire / Triton gRPC server and print the outputs."""
+    """Run one inference request against a batchwire / Triton gRPC server and print the outputs.
+
+    A secured server: --ssl and the file options for TLS (the --ssl-grpc-* spellings
+    are perf_analyzer's), BATCHWIRE_TOKEN for a bearer token, -H for other headers.
+    """
     given = dict(_load_input(spec) for spec in input_files or ())
     if not random and not given:
         raise typer.BadParameter("give --input NAME=file.npy for each input, or --random")
+    client = _connect(
+        url,
+        timeout,
+        header_values or (),
+        token,
+        ssl,
+        root_certificates,
+        private_key,
+        certificate_chain,
+    )
     try:
-        with InferenceClient(url, timeout=timeout) as client:
+        with client:
             metadata = client.model_metadata(model, model_version)
             declared = {tensor.name: tensor.datatype for tensor in metadata.inputs}
             inputs = dict(given)

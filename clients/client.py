@@ -12,6 +12,7 @@ from batchwire.clients import _calls
 from batchwire.clients._calls import InferResult, ParameterValue
 from batchwire.clients.errors import InferenceServerError
 from batchwire.clients.tensors import InputsLike
+from batchwire.clients.tls import PathLike, tls_credentials
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import health_pb2_grpc, model_config_pb2
 from batchwire.protos.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -33,7 +34,21 @@ class InferenceClient:
         timeout: default deadline of every call, in seconds (None: no deadline).
         max_message_bytes: largest message sent or received.
         channel_options: extra ``(name, value)`` gRPC channel options.
-        credentials: channel credentials for TLS (plaintext when None).
+        credentials: channel credentials for TLS (plaintext when None and no
+            TLS argument below is given).
+        headers: gRPC metadata sent with every call (e.g. Triton's restricted
+            protocol header); a call's own ``headers`` win where both name a key.
+        token: bearer token, sent with every call as ``authorization: Bearer
+            <token>``; never logged nor shown by ``repr``. Over a plaintext
+            channel anyone on the path can read it: use TLS beyond loopback.
+        ssl: connect with TLS (tritonclient's name; implied by any file below).
+        root_certificates: PEM file of the CAs to trust (default: the system's).
+        private_key: PEM file of the client's private key (mutual TLS).
+        certificate_chain: PEM file of the client's certificate (mutual TLS).
+
+    The TLS files are read here; one that cannot be used raises
+    :class:`~batchwire.clients.tls.CertificateFileError` naming it (see
+    :mod:`batchwire.clients.tls`). Invalid headers or token raise ``ValueError``.
     """
 
     def __init__(
@@ -44,9 +59,21 @@ class InferenceClient:
         max_message_bytes: int = 2**31 - 1,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        headers: Mapping[str, str] | None = None,
+        token: str | None = None,
+        ssl: bool = False,
+        root_certificates: PathLike | None = None,
+        private_key: PathLike | None = None,
+        certificate_chain: PathLike | None = None,
     ) -> None:
         self.address = _calls.normalize_address(address)
         self.timeout = timeout
+        # Checked before the channel exists: a bad argument leaves no open channel behind.
+        self._metadata = _calls.client_metadata(headers, token)
+        credentials = tls_credentials(
+            credentials, ssl, root_certificates, private_key, certificate_chain
+        )
+        self.tls = credentials is not None
         options = _calls.channel_options(max_message_bytes, channel_options)
         if credentials is None:
             self._channel = grpc.insecure_channel(self.address, options=options)
@@ -57,6 +84,11 @@ class InferenceClient:
             "inference": GRPCInferenceServiceStub(self._channel),
             "health": health_pb2_grpc.HealthStub(self._channel),
         }
+
+    def __repr__(self) -> str:
+        # Header names only: values (the token above all) may be secrets.
+        names = [key for key, _ in self._metadata]
+        return f"InferenceClient({self.address!r}, tls={self.tls}, headers={names})"
 
     def __enter__(self) -> InferenceClient:
         return self
@@ -77,7 +109,11 @@ class InferenceClient:
         method = getattr(self._stubs[call.service], call.method)
         timeout = self.timeout if call.timeout is None else call.timeout
         try:
-            response = method(call.request, timeout=timeout, metadata=call.metadata)
+            response = method(
+                call.request,
+                timeout=timeout,
+                metadata=_calls.merge_metadata(self._metadata, call.metadata),
+            )
         except grpc.RpcError as exc:
             raise InferenceServerError.from_rpc_error(exc) from exc
         return call.convert(response)
@@ -149,7 +185,8 @@ class InferenceClient:
             datatypes: v2 datatype per input name, overriding inference from
                 the dtype (e.g. ``{"x": "BF16"}``).
             deadline: gRPC deadline of this call in seconds (default: the client's).
-            headers: gRPC metadata to send (e.g. ``traceparent``).
+            headers: gRPC metadata to send (e.g. ``traceparent``), on top of the
+                client's own.
         """
         return self._invoke(
             _calls.infer(
@@ -215,7 +252,7 @@ class InferenceClient:
         call = self._stubs["inference"].ModelStreamInfer(
             request_iterator(),
             timeout=self.timeout if deadline is None else deadline,
-            metadata=_calls.to_metadata(headers),
+            metadata=_calls.merge_metadata(self._metadata, _calls.to_metadata(headers)),
         )
         try:
             for response in call:
