@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +132,11 @@ def _resolve_build(label: str, spec: str, scratch: Path) -> Build:
 class BuildServer(ServerProcess):
     """One build's ``batchwire serve`` on a free loopback port (a context manager)."""
 
-    def __init__(self, build: Build, repository: Path, workdir: Path, log: Path) -> None:
-        super().__init__(repository, log_path=log, cwd=workdir, env=build.env())
+    def __init__(
+        self, build: Build, repository: Path, workdir: Path, log: Path, *extra_args: str
+    ) -> None:
+        """``extra_args``: further ``serve`` options (a feature to measure, see feature_cost)."""
+        super().__init__(repository, *extra_args, log_path=log, cwd=workdir, env=build.env())
         self.build = build
         #: ``batchwire.server.__file__`` as this build's server imports it.
         self.server_file = subprocess.run(
@@ -163,8 +167,12 @@ def measure(
     scenario: Scenario,
     interval_ms: int,
     scratch: Path,
+    extra_args: Sequence[str] = (),
 ) -> dict[str, float | None]:
-    """One perf_analyzer run of three windows: infer/s, p50/p99 (ms), server CPU per request."""
+    """One perf_analyzer run of three windows: infer/s, p50/p99 (ms), server CPU per request.
+
+    ``extra_args``: further perf_analyzer options (``-H key:value`` headers, TLS files).
+    """
     report = scratch / "perf_analyzer.csv"
     args = [
         perf_analyzer,
@@ -190,6 +198,7 @@ def measure(
     ]
     if scenario.streaming:
         args.append("--streaming")
+    args += extra_args
     cpu_before = cpu_seconds(server.pid)
     started = time.monotonic()
     run = subprocess.run(args, capture_output=True, text=True, timeout=interval_ms * 0.01 + 120)
@@ -289,6 +298,58 @@ def plot(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def alternate(
+    binary: str,
+    servers: dict[str, BuildServer],
+    model: str,
+    scenarios: Sequence[Scenario],
+    rounds: int,
+    interval_ms: int,
+    scratch: Path,
+    perf_args: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[list[dict], float]:
+    """Measure the ``base`` and ``new`` servers in alternation; (rounds, seconds taken).
+
+    Every scenario is first warmed up on both, unrecorded: without it the first pair of
+    the first round favours whichever server is measured first (seen with the same build
+    on both sides). Then, per round and scenario, both back to back, the order swapped
+    from one pair to the next (ABBA). ``perf_args``: extra perf_analyzer options per
+    label.
+    """
+    extra = perf_args or {}
+    for scenario in scenarios:
+        for label, server in servers.items():
+            measure(binary, server, model, scenario, 1000, scratch, extra.get(label, ()))
+    results: list[dict] = []
+    started = time.monotonic()
+    for index in range(rounds):
+        row: dict[str, dict] = {}
+        for position, scenario in enumerate(scenarios):
+            order = ["base", "new"] if (index + position) % 2 == 0 else ["new", "base"]
+            row[scenario.name] = {
+                label: measure(
+                    binary,
+                    servers[label],
+                    model,
+                    scenario,
+                    interval_ms,
+                    scratch,
+                    extra.get(label, ()),
+                )
+                for label in order
+            }
+            pair = row[scenario.name]
+            ratio = pair["new"]["throughput"] / pair["base"]["throughput"]
+            print(
+                f"round {index + 1} {scenario.name:>10}: "
+                + " | ".join(f"{label} {_brief(pair[label])}" for label in ("base", "new"))
+                + f" | ratio {ratio:.3f}",
+                flush=True,
+            )
+        results.append(row)
+    return results, time.monotonic() - started
+
+
 def run(
     base: str,
     new: str = ".",
@@ -325,34 +386,9 @@ def run(
         for label, server in servers.items():
             print(f"{label}: {builds[label].origin}; batchwire.server is {server.server_file}")
         with servers["base"], servers["new"]:
-            # Warm every scenario up on both, unrecorded: without it the first pair of the
-            # first round favours whichever build is measured first (seen with the same
-            # build on both sides).
-            for scenario in scenarios:
-                for server in servers.values():
-                    measure(binary, server, model, scenario, 1000, scratch)
-            results: list[dict] = []
-            started = time.monotonic()
-            for index in range(rounds):
-                row: dict[str, dict] = {}
-                for position, scenario in enumerate(scenarios):
-                    order = ["base", "new"] if (index + position) % 2 == 0 else ["new", "base"]
-                    row[scenario.name] = {
-                        label: measure(
-                            binary, servers[label], model, scenario, interval_ms, scratch
-                        )
-                        for label in order
-                    }
-                    pair = row[scenario.name]
-                    ratio = pair["new"]["throughput"] / pair["base"]["throughput"]
-                    print(
-                        f"round {index + 1} {scenario.name:>10}: "
-                        + " | ".join(f"{label} {_brief(pair[label])}" for label in ("base", "new"))
-                        + f" | ratio {ratio:.3f}",
-                        flush=True,
-                    )
-                results.append(row)
-            elapsed = time.monotonic() - started
+            results, elapsed = alternate(
+                binary, servers, model, scenarios, rounds, interval_ms, scratch
+            )
         result = {
             "base": {"origin": builds["base"].origin, "server_file": servers["base"].server_file},
             "new": {"origin": builds["new"].origin, "server_file": servers["new"].server_file},

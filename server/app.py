@@ -21,9 +21,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from batchwire.core.errors import ModelLoadError
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
+from batchwire.server.access import AccessConfigError, AccessPolicy, parse_restricted_protocol
+from batchwire.server.access_grpc import AccessInterceptor
 from batchwire.server.dataplane import DataPlane
 from batchwire.server.health import HealthReporter
+from batchwire.server.model_control import ModelControlMode, RepositoryPoller, startup_models
 from batchwire.server.reflection import enable_reflection
 from batchwire.server.registry import ModelRegistry
 from batchwire.server.repository import ModelRepository
@@ -147,6 +151,8 @@ class BatchwireServer:
         self._health: HealthReporter | None = None
         self.dataplane: DataPlane | None = None
         self._examples_dir: Path | None = None
+        #: Follows the repository in poll mode (batchwire.server.model_control).
+        self._poller: RepositoryPoller | None = None
 
     @property
     def address(self) -> str:
@@ -191,6 +197,18 @@ class BatchwireServer:
         log.info("serving built-in example models %s from %s", ", ".join(names), self._examples_dir)
         return self._examples_dir
 
+    def _access_policy(self) -> AccessPolicy:
+        """Restricted groups and the auth config the settings name, once checked."""
+        settings = self.settings
+        try:
+            return AccessPolicy(
+                parse_restricted_protocol(settings.grpc_restricted_protocol),
+                settings.auth_config,
+                mutual_tls=settings.grpc_use_ssl_mutual,
+            )
+        except AccessConfigError as exc:
+            raise StartupError(str(exc)) from None
+
     def _bind(self, server: grpc.aio.Server) -> int:
         """Add the gRPC port to ``server``; returns the bound port (the chosen one for 0)."""
         host, port = self.settings.host, self.settings.port
@@ -200,7 +218,16 @@ class BatchwireServer:
         if problem is not None:
             raise StartupError(f"cannot listen on {address}: {problem}")
         try:
-            bound = server.add_insecure_port(address)
+            if self.settings.tls:
+                from batchwire.server.tls import TlsFileError, server_credentials
+
+                try:
+                    credentials = server_credentials(self.settings)
+                except TlsFileError as exc:  # changed since start() checked them
+                    raise StartupError(str(exc)) from None
+                bound: int = server.add_secure_port(address, credentials)  # untyped in grpc
+            else:
+                bound = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpcio >= 1.50 raises where older ones returned 0
             raise StartupError(
                 f"cannot listen on {address}: gRPC could not bind it (its own log says why)"
@@ -228,26 +255,45 @@ class BatchwireServer:
             return None
 
     async def start(self) -> None:
-        """Bind the ports, start answering, then load every model.
+        """Bind the ports, start answering, then load the models the control mode names.
 
         ServerLive answers as soon as the port is bound; ServerReady and the
-        health service report SERVING once all models are loaded. Raises
-        :class:`StartupError`, before anything is loaded, when the repository
-        folder or a port cannot be used; :meth:`stop` releases what was set up.
+        health service report SERVING once those models are loaded (every model,
+        or only ``load_models`` in explicit mode; see
+        :mod:`batchwire.server.model_control`), and poll mode then starts following
+        the repository. Raises :class:`StartupError`, before anything is loaded, when
+        the repository folder or a port cannot be used or a ``load_models`` name is
+        not a model folder of the repository; :meth:`stop` releases what was set up.
         """
         settings = self.settings
         # Every check an operator can fail comes before the first log line (telemetry logs
         # its exporter process) or slow step (exporting the examples), so that a failed
-        # start says one thing: the repository, the gRPC port, then the metrics port.
+        # start says one thing: the TLS files, the repository, the gRPC port, then the
+        # metrics port.
+        if settings.tls:
+            from batchwire.server.tls import TlsFileError, check_tls_files
+
+            try:
+                check_tls_files(settings)
+            except TlsFileError as exc:
+                raise StartupError(str(exc)) from None
         root = self._checked_repository()
+        access = self._access_policy()
         limit = settings.max_message_bytes
         server = self._server = grpc.aio.server(
+            interceptors=[AccessInterceptor(access)] if access.enforcing else None,
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
                 # Fail loudly when the port is taken instead of silently sharing it.
                 ("grpc.so_reuseport", 0),
             ]
+            # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls past it wait in the client.
+            + (
+                [("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams)]
+                if settings.grpc_max_concurrent_streams
+                else []
+            ),
         )
         self.port = self._bind(server)
         if settings.metrics_port and settings.metrics_required:
@@ -270,13 +316,25 @@ class BatchwireServer:
             allow_pickle=settings.allow_pickled_models,
             intra_op_threads=settings.intra_op_threads,
         )
+        mode = ModelControlMode(settings.model_control_mode)
+        try:
+            startup = startup_models(mode, repository, settings.load_models)
+        except ModelLoadError as exc:
+            raise StartupError(str(exc)) from None
         self.registry = ModelRegistry(repository, observer_factory=telemetry.observer_factory)
         self.dataplane = DataPlane(
             self.registry,
             telemetry=telemetry,
             server_name=settings.server_name,
             stages=self._stages,
+            model_control_mode=mode,
+            access=access if access.authenticating else None,
+            max_inflight_requests=settings.max_inflight_requests,
+            max_inflight_requests_per_connection=settings.max_inflight_requests_per_connection,
         )
+        if access.enforcing:
+            telemetry.principal_requests = self.dataplane.principal_requests
+            telemetry.access_refusals = access.refusals
         self._health = HealthReporter(self.registry)
         services = GenericHandlersOnly(server)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -288,9 +346,19 @@ class BatchwireServer:
         enable_reflection(services)
         await server.start()
         await self._health.set_server(False)
-        log.info("batchwire listening on %s:%d", settings.host, self.port)
-        await self.registry.load_all()
+        log.info(
+            "batchwire listening on %s:%d%s",
+            settings.host,
+            self.port,
+            " (mutual TLS)" if settings.grpc_use_ssl_mutual else " (TLS)" if settings.tls else "",
+        )
+        if mode is ModelControlMode.POLL:
+            self._poller = RepositoryPoller(self.registry, settings.repository_poll_secs)
+            await self._poller.snapshot()  # before loading: a change made meanwhile is seen
+        await self.registry.load_all(startup)
         await self._health.refresh()
+        if self._poller is not None:
+            self._poller.start()
         for row in self.registry.index():
             if not row.ready:
                 log.warning("model '%s' is %s: %s", row.name, row.state.value, row.reason)
@@ -300,6 +368,9 @@ class BatchwireServer:
         grace = self.settings.shutdown_grace if grace is None else grace
         if self.dataplane is not None:
             self.dataplane.accepting = False
+        if self._poller is not None:
+            await self._poller.stop()
+            self._poller = None
         if self._health is not None:
             await self._health.shutdown()
         if self._server is not None:

@@ -24,6 +24,7 @@ from typer.core import TyperCommand
 
 from batchwire import __version__
 from batchwire.clients.cli import CONTEXT_SETTINGS, HelpCommand, HelpGroup
+from batchwire.server.auth_cli import auth_app
 
 # Choices and defaults of the --trace-* options, declared once for the whole server
 # (standard library only: --help stays free of OpenTelemetry).
@@ -45,6 +46,7 @@ EXIT_STARTUP_FAILED = 1
 #: base install is the client only; without these, serve says what to install.
 SERVER_DEPENDENCY_MODULES = (
     "torch",
+    "cryptography",
     "opentelemetry.trace",
     "opentelemetry.sdk",
     "opentelemetry.proto",
@@ -70,6 +72,7 @@ examples_app = typer.Typer(
     context_settings=CONTEXT_SETTINGS,
 )
 app.add_typer(examples_app, name="examples")
+app.add_typer(auth_app, name="auth")
 
 
 class LogLevel(str, enum.Enum):
@@ -164,6 +167,17 @@ def positive_seconds(text: str | float) -> float:
     return value
 
 
+def restricted_protocol(values: list[str] | None) -> list[str] | None:
+    """A typer ``callback``: every --grpc-restricted-protocol value checked (exit 2 if bad)."""
+    from batchwire.server.access import AccessConfigError, parse_restricted_protocol
+
+    try:
+        parse_restricted_protocol(values or ())
+    except AccessConfigError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[1]) from None
+    return values
+
+
 class ModelControlMode(str, enum.Enum):
     """Triton's --model-control-mode values."""
 
@@ -209,7 +223,63 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     configure(level, log_format)
 
 
-@app.command(cls=HelpCommand, context_settings=CONTEXT_SETTINGS)
+#: Triton's boolean options of ``serve``: declared as flags, they also take a value.
+TRITON_BOOLEAN_OPTIONS = ("--grpc-use-ssl", "--grpc-use-ssl-mutual")
+_BOOLEAN_WORDS = ("true", "on", "1", "yes", "false", "off", "0", "no")
+
+
+def triton_boolean_args(args: Sequence[str], options: Sequence[str]) -> list[str]:
+    """``args`` with each of Triton's boolean ``options`` turned into a bare flag or nothing.
+
+    Triton writes them with a value (``--grpc-use-ssl=true``, ``--grpc-use-ssl 1``);
+    typer's options are either flags or take a value, never both, so they are declared
+    as flags and their value is read here: true keeps the bare flag, false drops it,
+    the last occurrence wins, anything else is a usage error. Nothing after ``--``.
+    """
+    out: list[str] = []
+    values: dict[str, bool] = {}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            out += args[index:]
+            break
+        name, equals, text = arg.partition("=")
+        if name not in options:
+            out.append(arg)
+        elif equals:
+            values[name] = _triton_boolean_value(name, text)
+        elif index + 1 < len(args) and args[index + 1].strip().lower() in _BOOLEAN_WORDS:
+            index += 1
+            values[name] = _triton_boolean_value(name, args[index])
+        else:
+            values[name] = True
+        index += 1
+    flags = [name for name, value in values.items() if value]
+    cut = out.index("--") if "--" in out else len(out)
+    return out[:cut] + flags + out[cut:]
+
+
+def _triton_boolean_value(name: str, text: str) -> bool:
+    try:
+        return triton_bool(text)
+    except typer.BadParameter as exc:
+        raise typer.BadParameter(exc.message, param_hint=f"'{name}'") from None
+
+
+class ServeCommand(HelpCommand):
+    """``serve``'s command: reads Triton's boolean option values (:func:`triton_boolean_args`)."""
+
+    def parse_args(self, ctx: typer._click.Context, args: list[str]) -> list[str]:
+        try:
+            args = triton_boolean_args(args, TRITON_BOOLEAN_OPTIONS)
+        except typer.BadParameter as exc:
+            exc.ctx = ctx  # for the usage lines above the error, as click's own errors
+            raise
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=ServeCommand, context_settings=CONTEXT_SETTINGS)
 def serve(
     model_repository: Annotated[
         Path | None,
@@ -290,25 +360,23 @@ def serve(
     grpc_use_ssl: Annotated[
         bool,
         typer.Option(
+            "--grpc-use-ssl",
             envvar="BATCHWIRE_GRPC_USE_SSL",
-            metavar="<boolean>",
-            is_flag=False,
-            flag_value="true",
             parser=triton_bool,
             show_default="false",
-            help="TLS on the gRPC port (needs --grpc-server-cert and --grpc-server-key).",
+            help="TLS on the gRPC port (needs --grpc-server-cert and --grpc-server-key). "
+            "Bare, or with Triton's value: --grpc-use-ssl=true.",
         ),
     ] = False,
     grpc_use_ssl_mutual: Annotated[
         bool,
         typer.Option(
+            "--grpc-use-ssl-mutual",
             envvar="BATCHWIRE_GRPC_USE_SSL_MUTUAL",
-            metavar="<boolean>",
-            is_flag=False,
-            flag_value="true",
             parser=triton_bool,
             show_default="false",
-            help="Mutual TLS: clients need a certificate signed by --grpc-root-cert.",
+            help="Mutual TLS: clients need a certificate signed by --grpc-root-cert. "
+            "Bare, or with Triton's value: --grpc-use-ssl-mutual=true.",
         ),
     ] = False,
     grpc_server_cert: Annotated[
@@ -337,6 +405,7 @@ def serve(
         typer.Option(
             envvar="BATCHWIRE_GRPC_RESTRICTED_PROTOCOL",
             metavar="<groups>:<key>=<value>",
+            callback=restricted_protocol,
             help="Refuse the RPCs of the comma-separated groups (health, metadata, "
             "inference, shared-memory, model-config, model-repository, statistics, trace, "
             "logging) unless the header <key> is <value>. Repeatable.",
@@ -390,7 +459,7 @@ def serve(
     max_inflight_requests_per_connection: Annotated[
         int,
         typer.Option(
-            envvar="BATCHWIRE_MAX_INFLIGHT_REQUESTS_PER_CONNECTION",
+            envvar="BATCHWIRE_MAX_INFLIGHT_PER_CONNECTION",
             metavar="<count>",
             parser=integer_parser("a request count", 0),
             help="The same per client connection. 0: no limit.",
@@ -448,36 +517,39 @@ def serve(
     from batchwire.server.settings import ServerSettings
 
     configure_logging(log_level.value, log_format.value)
-    settings = ServerSettings(
-        host=host,
-        port=port,
-        model_repository=model_repository,
-        max_message_bytes=min(max_message_mb * 2**20, 2**31 - 1),
-        allow_pickled_models=allow_pickled_models,
-        intra_op_threads=intra_op_threads,
-        metrics_port=metrics_port,
-        # An operator who asked for metrics on a port is told it is taken, not left
-        # without them behind one log line.
-        metrics_required=True,
-        trace_mode=trace_mode.value if trace_mode is not None else None,
-        trace_rate=trace_rate,
-        trace_exporter=trace_exporter.value if trace_exporter is not None else None,
-        trace_endpoint=trace_endpoint,
-        grpc_use_ssl=grpc_use_ssl,
-        grpc_use_ssl_mutual=grpc_use_ssl_mutual,
-        grpc_server_cert=grpc_server_cert,
-        grpc_server_key=grpc_server_key,
-        grpc_root_cert=grpc_root_cert,
-        metrics_address=metrics_address,
-        grpc_restricted_protocol=tuple(grpc_restricted_protocol or ()),
-        auth_config=auth_config,
-        model_control_mode=model_control_mode.value,
-        load_models=tuple(load_model or ()),
-        repository_poll_secs=repository_poll_secs,
-        max_inflight_requests=max_inflight_requests,
-        max_inflight_requests_per_connection=max_inflight_requests_per_connection,
-        grpc_max_concurrent_streams=grpc_max_concurrent_streams,
-    )
+    try:
+        settings = ServerSettings(
+            host=host,
+            port=port,
+            model_repository=model_repository,
+            max_message_bytes=min(max_message_mb * 2**20, 2**31 - 1),
+            allow_pickled_models=allow_pickled_models,
+            intra_op_threads=intra_op_threads,
+            metrics_port=metrics_port,
+            # An operator who asked for metrics on a port is told it is taken, not left
+            # without them behind one log line.
+            metrics_required=True,
+            trace_mode=trace_mode.value if trace_mode is not None else None,
+            trace_rate=trace_rate,
+            trace_exporter=trace_exporter.value if trace_exporter is not None else None,
+            trace_endpoint=trace_endpoint,
+            grpc_use_ssl=grpc_use_ssl,
+            grpc_use_ssl_mutual=grpc_use_ssl_mutual,
+            grpc_server_cert=grpc_server_cert,
+            grpc_server_key=grpc_server_key,
+            grpc_root_cert=grpc_root_cert,
+            metrics_address=metrics_address,
+            grpc_restricted_protocol=tuple(grpc_restricted_protocol or ()),
+            auth_config=auth_config,
+            model_control_mode=model_control_mode.value,
+            load_models=tuple(load_model or ()),
+            repository_poll_secs=repository_poll_secs,
+            max_inflight_requests=max_inflight_requests,
+            max_inflight_requests_per_connection=max_inflight_requests_per_connection,
+            grpc_max_concurrent_streams=grpc_max_concurrent_streams,
+        )
+    except ValueError as exc:  # options each valid, together not (--grpc-use-ssl alone)
+        raise typer.BadParameter(str(exc)) from None
     server = BatchwireServer(settings)
     loop = new_event_loop()
     try:

@@ -36,6 +36,7 @@ Concurrency: loop thread only (the server's event loop), like the registry.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from batchwire import __version__
 from batchwire.core.errors import (
     InferenceError,
+    ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
     StatusCode,
@@ -52,6 +54,7 @@ from batchwire.core.errors import (
 from batchwire.core.metadata import ModelMetadata, RepositoryEntry, ServerMetadata, TensorMetadata
 from batchwire.core.validation import expected_shape
 from batchwire.server.inference_call import UNREAD, InferenceCall
+from batchwire.server.model_control import ModelControlMode, check_control_allowed
 from batchwire.server.pipeline import Pipeline, StageFactory
 from batchwire.server.registry import ModelRegistry, ServedModel
 from batchwire.server.stages import STAGES
@@ -60,6 +63,7 @@ from batchwire.telemetry.tracing import ACTIVE_REQUEST, TraceSettingError
 
 if TYPE_CHECKING:
     from batchwire.protos.model_config_pb2 import ModelConfig
+    from batchwire.server.access import AccessPolicy
     from batchwire.telemetry import Telemetry
     from batchwire.telemetry.tracing import RequestSpan, Tracing
 
@@ -117,8 +121,23 @@ class DataPlane:
         server_name: str = "batchwire",
         extensions: Iterable[str] = BASE_EXTENSIONS,
         stages: Sequence[StageFactory] = STAGES,
+        model_control_mode: ModelControlMode | str = ModelControlMode.NONE,
+        access: AccessPolicy | None = None,
+        max_inflight_requests: int = 0,
+        max_inflight_requests_per_connection: int = 0,
     ) -> None:
         self.registry = registry
+        #: Triton's model control mode: whether load/unload requests are allowed.
+        self.model_control_mode = ModelControlMode(model_control_mode)
+        #: Caps on inference requests in flight, in the server and per connection
+        #: (0: none), enforced by the admit stage (batchwire.server.limits).
+        self.max_inflight_requests = max_inflight_requests
+        self.max_inflight_requests_per_connection = max_inflight_requests_per_connection
+        #: Who may call what (batchwire.server.access); None: everyone may do anything.
+        self.access = access
+        #: (model, principal) -> inference requests that principal sent to that model
+        #: (counted by the Authorize stage; read by the metrics at scrape time).
+        self.principal_requests: dict[tuple[str, str], int] = {}
         self.telemetry = telemetry
         self.server_name = server_name
         names = list(extensions)
@@ -238,25 +257,50 @@ class DataPlane:
     # Repository ------------------------------------------------------------
 
     def repository_index(self, ready_only: bool = False) -> list[RepositoryEntry]:
-        """Every model version the repository holds (only the ready ones with ``ready_only``)."""
-        return [
+        """Every model version the repository holds (only the ready ones with ``ready_only``).
+
+        As Triton's index, in any model control mode: a model folder that was never
+        loaded (explicit mode, or found by poll mode's next scan) is listed by name
+        alone, with an empty version and state.
+        """
+        rows = [
             RepositoryEntry(served.name, served.version, served.state.value, served.reason)
             for served in self.registry.index()
             if served.ready or not ready_only
         ]
+        if ready_only:
+            return rows
+        known = set(self.registry.names())
+        try:
+            # One listing of the root, on the loop: cheap next to a model load.
+            folders = self.registry.repository.model_names()
+        except (OSError, ModelLoadError) as exc:
+            log.warning("RepositoryIndex cannot list the model repository: %s", exc)
+            folders = []
+        rows.extend(RepositoryEntry(name, "", "", "") for name in folders if name not in known)
+        rows.sort(key=lambda row: row.name)  # stable: a model's versions keep their order
+        return rows
 
     async def load_model(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
-        """(Re)load ``name`` from the repository; raises ModelLoadFailedError saying why not.
+        """(Re)load ``name`` from the repository; raises an InferenceError saying why not.
 
-        ``parameters`` (config or file overrides in the protocol) are not supported:
-        any raises InvalidSettingError.
+        In order: ModelControlDisabledError (UNAVAILABLE) unless the model control mode
+        is explicit; InvalidSettingError for any ``parameters`` (config or file
+        overrides are not supported); ModelNameError (INVALID_ARGUMENT) for a name
+        that is not a folder inside the repository, before anything is loaded;
+        ModelLoadFailedError when there is no such folder or the model fails to load
+        (a model that was serving keeps serving its loaded versions then).
         """
+        check_control_allowed(self.model_control_mode)
         if parameters:
             raise InvalidSettingError(
                 "RepositoryModelLoad parameters (config or file overrides) are not supported; "
                 f"got {sorted(parameters)}"
             )
         try:
+            # Checked apart from loading so that a missing folder is refused without
+            # adding an unavailable entry to the index (Triton lists only known models).
+            await asyncio.to_thread(self.registry.repository.model_folder, name)
             await self.registry.load(name)
         except InferenceError:
             raise
@@ -264,7 +308,12 @@ class DataPlane:
             raise ModelLoadFailedError(f"failed to load '{name}': {exc}") from exc
 
     async def unload_model(self, name: str) -> None:
-        """Stop serving ``name`` (drains its queues); raises ModelNotFoundError if unknown."""
+        """Stop serving ``name`` (drains its queues).
+
+        Raises ModelControlDisabledError (UNAVAILABLE) unless the model control mode
+        is explicit, ModelNotFoundError for a model the server does not know.
+        """
+        check_control_allowed(self.model_control_mode)
         await self.registry.unload(name)
 
     # Observability ---------------------------------------------------------
@@ -342,7 +391,8 @@ class DataPlane:
 
 
 def _describe(span: RequestSpan, call: InferenceCall) -> None:
-    """What the span reports of a decoded request: the request and the version serving it."""
+    """What the span reports of a request: who sent it, what it held, which version served it."""
+    span.principal = call.caller.principal
     request = call.request
     if request is not None:
         span.request = request

@@ -23,6 +23,7 @@ from google.protobuf import json_format
 from batchwire.core.errors import InferenceError, UnsupportedError
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
+from batchwire.server.access import CURRENT_PRINCIPAL
 from batchwire.server.codec import GRPC_CODEC, stream_error_response
 from batchwire.server.inference_call import Caller, InferenceCall
 from batchwire.server.status import describe, reports_errors
@@ -92,7 +93,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             InferenceCall(
                 request,
                 GRPC_CODEC,
-                Caller("ModelInfer", context.invocation_metadata, context.peer),
+                Caller(
+                    "ModelInfer",
+                    context.invocation_metadata,
+                    context.peer,
+                    CURRENT_PRINCIPAL.get(),
+                ),
                 request.model_name,
                 request.model_version,
                 _deadline(context),
@@ -110,7 +116,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         this generator is the only writer.
         """
         deadline = _deadline(context)
-        caller = Caller("ModelStreamInfer", context.invocation_metadata, context.peer)
+        caller = Caller(
+            "ModelStreamInfer", context.invocation_metadata, context.peer, CURRENT_PRINCIPAL.get()
+        )
         infer = self.dataplane.infer
         done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         in_flight = 0

@@ -104,8 +104,7 @@ class ServerSettings:
             )
         if self.load_models and self.model_control_mode != "explicit":
             raise ValueError(
-                "load_models needs model_control_mode 'explicit', "
-                f"got {self.model_control_mode!r}"
+                f"load_models needs model_control_mode 'explicit', got {self.model_control_mode!r}"
             )
         if not self.repository_poll_secs > 0:
             raise ValueError(f"repository_poll_secs must be > 0, got {self.repository_poll_secs}")
@@ -116,6 +115,17 @@ class ServerSettings:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        # Named by their command-line spelling, Triton's, which the operator typed.
+        if self.tls:
+            using = "--grpc-use-ssl-mutual" if self.grpc_use_ssl_mutual else "--grpc-use-ssl"
+            for option, path in (
+                ("--grpc-server-cert", self.grpc_server_cert),
+                ("--grpc-server-key", self.grpc_server_key),
+            ):
+                if path is None:
+                    raise ValueError(f"{using} needs {option}")
+        if self.grpc_use_ssl_mutual and self.grpc_root_cert is None:
+            raise ValueError("--grpc-use-ssl-mutual needs --grpc-root-cert")
 
     @property
     def tls(self) -> bool:

@@ -12,12 +12,16 @@ result come back. Tracing and the front end's encoding wrap the whole chain
 
 from __future__ import annotations
 
+from batchwire.server.access import Authorize
+from batchwire.server.limits import admit
 from batchwire.server.pipeline import StageFactory
 from batchwire.server.request_stages import Decode, Resolve, Submit, Validate, count_rejections
 
 __all__ = ["STAGES"]
 
 STAGES: tuple[StageFactory, ...] = (
+    Authorize.create,  # the caller's principal may infer on this model (auth config only)
+    admit,  # caps on requests in flight, server-wide and per connection (when set)
     Resolve,  # model name + version -> the ready model version
     count_rejections,  # failures from here on count in that version's statistics
     Decode,  # the front end's wire message -> InferenceRequest

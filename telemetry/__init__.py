@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,6 +69,11 @@ class Telemetry:
         self.metrics_server: MetricsServer | None = None
         self._gpu: GpuMonitor | None = None
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
+        #: Counters of the access policy, read at scrape time: (model, principal) ->
+        #: inference requests, and (group, reason) -> refused calls. Set by the server
+        #: when an access policy is in force.
+        self.principal_requests: Mapping[tuple[str, str], int] = {}
+        self.access_refusals: Mapping[tuple[str, str], int] = {}
 
     # -- model versions ------------------------------------------------------------------
 
@@ -111,7 +117,7 @@ class Telemetry:
         if self.metrics_server is not None:
             return self.metrics_server.port
         self._gpu = GpuMonitor()
-        collector = MetricsCollector(self.all_stats, gpu=self._gpu)
+        collector = MetricsCollector(self.all_stats, gpu=self._gpu, access=self._access_counts)
         self.metrics_server = MetricsServer(collector, host, port)
         return self.metrics_server.port
 
@@ -119,7 +125,12 @@ class Telemetry:
         """The /metrics text now (without starting an endpoint)."""
         from batchwire.telemetry.metrics import MetricsCollector
 
-        return MetricsCollector(self.all_stats, gpu=self._gpu, process_metrics=False).render()
+        return MetricsCollector(
+            self.all_stats, gpu=self._gpu, process_metrics=False, access=self._access_counts
+        ).render()
+
+    def _access_counts(self) -> tuple[Mapping[tuple[str, str], int], Mapping[tuple[str, str], int]]:
+        return self.principal_requests, self.access_refusals
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -40,6 +40,9 @@ from batchwire.telemetry.stats import (
 )
 
 log = logging.getLogger(__name__)
+
+#: () -> ((model, principal) -> requests, (group, reason) -> refusals).
+AccessCounts = Callable[[], tuple[Mapping[tuple[str, str], int], Mapping[tuple[str, str], int]]]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -120,9 +123,11 @@ class MetricsCollector:
         *,
         gpu: GpuMonitor | None = None,
         process_metrics: bool = True,
+        access: AccessCounts | None = None,
     ) -> None:
         self._stats = stats
         self._gpu = gpu
+        self._access = access
         self._process: CollectorRegistry | None = None
         if process_metrics:
             registry = CollectorRegistry(auto_describe=False)
@@ -224,10 +229,35 @@ class MetricsCollector:
             failures,
         ]
         families.extend(self._gpu_families())
+        families.extend(self._access_families())
         info = Family("batchwire_build_info", "gauge", "batchwire version (always 1).")
         info.add({"version": __version__}, 1)
         families.append(info)
         return families
+
+    def _access_families(self) -> list[Family]:
+        if self._access is None:
+            return []
+        principals, refusals = self._access()
+        if not principals and not refusals:
+            return []
+        by_principal = Family(
+            "batchwire_principal_requests_total",
+            "counter",
+            "Inference requests admitted per model and authenticated principal (--auth-config).",
+        )
+        # Copies: the loop thread adds keys while a scrape runs in the metrics thread.
+        for (model, principal), count in sorted(dict(principals).items()):
+            by_principal.add({"model": model, "principal": principal}, count)
+        refused = Family(
+            "batchwire_access_refused_total",
+            "counter",
+            "Calls refused by the access policy per protocol group and reason (restricted, "
+            "unauthenticated, permission_denied).",
+        )
+        for (group, reason), count in sorted(dict(refusals).items()):
+            refused.add({"group": group, "reason": reason}, count)
+        return [by_principal, refused]
 
     def _gpu_families(self) -> list[Family]:
         util = Family("nv_gpu_utilization", "gauge", "GPU utilization rate [0.0 - 1.0)")

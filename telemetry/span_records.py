@@ -62,6 +62,8 @@ class RequestSpanRecord(NamedTuple):
     error_message: str
     #: trace_level TENSORS: (input name, shape, dtype) per input.
     tensors: tuple[tuple[str, tuple[int, ...], str], ...]
+    #: The authenticated principal that sent it ("" when none is configured).
+    principal: str = ""
 
 
 class BatchSpanRecord(NamedTuple):
@@ -106,6 +108,8 @@ REQUEST_ATTRIBUTES: tuple[tuple[str, str, bool], ...] = (
     ("batchwire.model.version", "version", False),
     ("batchwire.request.id", "request_id", False),
     ("batchwire.batch.size", "batch_size", False),
+    # OpenTelemetry's semantic convention for the authenticated caller.
+    ("enduser.id", "principal", False),
 )
 #: trace_level TENSORS: per input, its shape and dtype under these keys.
 TENSOR_SHAPE = "batchwire.input.{}.shape"

@@ -286,6 +286,7 @@ class RequestSpan:
         "method",
         "model",
         "parent",
+        "principal",
         "request",
         "send_ns",
         "span_id",
@@ -315,6 +316,8 @@ class RequestSpan:
         self.start_ns = _perf_ns()
         #: The model version that served it (set by the front end once resolved).
         self.version = ""
+        #: The authenticated principal that sent it ("" when none).
+        self.principal = ""
         #: The decoded request (set by the front end once decoded).
         self.request: InferenceRequest | None = None
         #: perf_counter_ns when encoding the response started (0: never).
@@ -490,6 +493,7 @@ class Tracing:
                 error_type=error_type,
                 error_message=message,
                 tensors=tensors,
+                principal=span.principal,
             )
         )
 
@@ -557,9 +561,11 @@ _GRPC_CODES = {
     "INVALID_ARGUMENT": 3,
     "DEADLINE_EXCEEDED": 4,
     "NOT_FOUND": 5,
+    "PERMISSION_DENIED": 7,
     "RESOURCE_EXHAUSTED": 8,
     "FAILED_PRECONDITION": 9,
     "UNIMPLEMENTED": 12,
     "INTERNAL": 13,
     "UNAVAILABLE": 14,
+    "UNAUTHENTICATED": 16,
 }

@@ -1,0 +1,165 @@
+"""The gRPC front end's gate: every RPC passes :class:`~batchwire.server.access.AccessPolicy`.
+
+A ``grpc.aio`` server interceptor, installed only when the policy can refuse anything
+(restricted groups or an auth config): a server without either pays nothing per call.
+For each method it wraps the handler once (the wrapped handlers are cached by method
+path) so that the behaviour first asks the policy, with the call's invocation
+metadata and, under mutual TLS, the names of the verified client certificate
+(``context.auth_context()``: the common name and the subject alternative names).
+A refused call ends with the refusal's status before the servicer sees its request;
+an allowed one runs with :data:`~batchwire.server.access.CURRENT_PRINCIPAL` set to
+the principal's name, which the servicer copies into its
+:class:`~batchwire.server.inference_call.Caller`: the principal is never read from
+anything the client writes into the request.
+
+Methods are mapped onto the policy's operation names by their last path segment,
+with the ``grpc.health.v1.Health`` methods prefixed ``Health``; a method of another
+service (none is served) is left to gRPC, which answers UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from batchwire.core.errors import InferenceError
+from batchwire.server.access import CURRENT_PRINCIPAL, OPERATIONS, AccessPolicy
+from batchwire.server.status import GRPC_STATUS
+
+__all__ = ["AccessInterceptor", "operation_of"]
+
+#: auth_context() keys holding the names of a verified client certificate.
+_CERTIFICATE_KEYS = ("x509_common_name", "x509_subject_alternative_name")
+
+
+def operation_of(method: str) -> str | None:
+    """``/inference.GRPCInferenceService/ModelInfer`` -> ``ModelInfer``; None if unknown."""
+    service, _, name = method.rpartition("/")
+    if service.endswith("grpc.health.v1.Health"):
+        name = "Health" + name
+    return name if name in OPERATIONS else None
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Asks ``policy`` before every RPC; see the module docstring."""
+
+    def __init__(self, policy: AccessPolicy) -> None:
+        self._policy = policy
+        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        try:
+            return self._handlers[method]
+        except KeyError:
+            pass
+        handler = await continuation(handler_call_details)
+        operation = operation_of(method)
+        wrapped = (
+            handler if handler is None or operation is None else self._wrap(handler, operation)
+        )
+        self._handlers[method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, operation: str) -> grpc.RpcMethodHandler:
+        authorize = self._policy.authorize
+        mutual = self._policy.mutual_tls
+
+        def admit(context: grpc.aio.ServicerContext) -> str:
+            names = (lambda: _certificate_names(context)) if mutual else _no_names
+            return authorize(operation, context.invocation_metadata(), names)
+
+        async def refuse(context: grpc.aio.ServicerContext, exc: InferenceError) -> None:
+            await context.abort(GRPC_STATUS[exc.code], exc.message)
+
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    principal = admit(context)
+                except InferenceError as exc:
+                    await refuse(context, exc)
+                    raise  # abort() raised already; this is never reached
+                CURRENT_PRINCIPAL.set(principal)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _streaming(handler.unary_stream, admit, refuse), **serializers
+            )
+        if handler.stream_unary is not None:
+            stream_unary = handler.stream_unary
+
+            async def stream_in(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    principal = admit(context)
+                except InferenceError as exc:
+                    await refuse(context, exc)
+                    raise  # abort() raised already; this is never reached
+                CURRENT_PRINCIPAL.set(principal)
+                return await stream_unary(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_in, **serializers)
+        return grpc.stream_stream_rpc_method_handler(
+            _streaming(handler.stream_stream, admit, refuse), **serializers
+        )
+
+
+def _streaming(
+    behaviour: Callable[..., Any],
+    admit: Callable[[grpc.aio.ServicerContext], str],
+    refuse: Callable[[grpc.aio.ServicerContext, InferenceError], Awaitable[None]],
+) -> Callable[..., Any]:
+    """A server-streaming behaviour (async generator or coroutine writing with
+    ``context.write``) preceded by the access check."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                principal = admit(context)
+            except InferenceError as exc:
+                await refuse(context, exc)
+                raise  # abort() raised already; this is never reached
+            CURRENT_PRINCIPAL.set(principal)
+            async for response in behaviour(request, context):
+                yield response
+
+        return generator
+
+    async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            principal = admit(context)
+        except InferenceError as exc:
+            await refuse(context, exc)
+            raise  # abort() raised already; this is never reached
+        CURRENT_PRINCIPAL.set(principal)
+        return await behaviour(request, context)
+
+    return writer
+
+
+def _no_names() -> tuple[str, ...]:
+    return ()
+
+
+def _certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
+    """The common name and SANs of the caller's verified client certificate."""
+    auth = context.auth_context()
+    names: list[str] = []
+    for key in _CERTIFICATE_KEYS:
+        for value in auth.get(key, ()):
+            names.append(value.decode() if isinstance(value, bytes) else str(value))
+    return names
