@@ -1,6 +1,6 @@
 """What a request-path feature costs: one build served twice, the feature off and on.
 
-``python -m batchwire.bench.feature_cost --feature token-auth|restricted|limits
+``python -m batchwire.bench.feature_cost --feature token-auth|restricted|limits|none
 [--rounds 6] [--interval-ms 3000] [--scenarios c32_unary,c1_unary] [--model mlp]
 [--out results/features] [--perf-analyzer PATH]``
 
@@ -15,6 +15,7 @@ the requests are byte for byte the same and only the server's work differs:
   ``metadata``; every request carries ``authorization: Bearer <its token>``.
 - ``restricted``: Triton's ``--grpc-restricted-protocol=inference,metadata:...`` with
   the header on every request.
+- ``none``: nothing turned on: the ratio's noise floor on this machine.
 - ``limits``: ``--max-inflight-requests`` and ``--max-inflight-requests-per-connection``
   set far above the load (the accounting is paid, nothing is refused).
 
@@ -77,6 +78,8 @@ def _auth_config(scratch: Path) -> list[str]:
 FEATURES = {
     feature.name: feature
     for feature in (
+        # Both servers alike: the noise floor, how far on/off ratios stray by chance.
+        Feature("none", lambda _: []),
         Feature("token-auth", _auth_config, ("-H", f"authorization:Bearer {BENCH_TOKEN}")),
         Feature(
             "restricted",

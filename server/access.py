@@ -327,6 +327,17 @@ def _check_unique(principals: Sequence[Principal], prefix: str) -> None:
 CertificateNames = Callable[[], Iterable[str]]
 
 
+def _header(pairs: Iterable[tuple[str, str | bytes]], key: str) -> str | bytes | None:
+    """The value of header ``key`` in gRPC metadata pairs (the first one), or None.
+
+    A scan, not a dict: calls carry a handful of headers, and this runs per call.
+    """
+    for name, value in pairs:
+        if name == key:
+            return value
+    return None
+
+
 class AccessPolicy:
     """Restricted groups and the auth config of one server; decides each call.
 
@@ -422,11 +433,10 @@ class AccessPolicy:
         Raises RestrictedProtocolError, UnauthenticatedError or PermissionDeniedError.
         """
         group, scope = OPERATIONS.get(operation, (None, "admin"))
-        headers: dict[str, str | bytes] | None = None
+        pairs = metadata or ()
         if group is not None and group in self.restricted:
             rule = self.restricted[group]
-            headers = dict(metadata or ())
-            if headers.get(rule.key) != rule.value:
+            if _header(pairs, rule.key) != rule.value:
                 self._refused(group, "restricted")
                 raise RestrictedProtocolError(
                     f"This protocol is restricted, expecting header '{rule.key}'"
@@ -439,9 +449,7 @@ class AccessPolicy:
         config = self.config
         if config is None or scope in config.open:
             return ""
-        if headers is None:
-            headers = dict(metadata or ())
-        principal = self._authenticate(operation, headers, certificate_names)
+        principal = self._authenticate(operation, _header(pairs, AUTHORIZATION), certificate_names)
         if scope not in principal.scopes:
             self._refused(group or scope, "permission_denied")
             raise PermissionDeniedError(
@@ -453,11 +461,12 @@ class AccessPolicy:
     def _authenticate(
         self,
         operation: str,
-        headers: Mapping[str, str | bytes],
+        credential: str | bytes | None,
         certificate_names: CertificateNames,
     ) -> Principal:
+        """The principal ``credential`` (the authorization header's value, or None) or,
+        without one, the client certificate names."""
         group = OPERATIONS.get(operation, (None, "admin"))[0] or "reflection"
-        credential = headers.get(AUTHORIZATION)
         if credential is not None:
             if isinstance(credential, bytes):
                 credential = credential.decode("latin-1")

@@ -17,7 +17,7 @@ import enum
 import gc
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperCommand
@@ -270,7 +270,9 @@ def _triton_boolean_value(name: str, text: str) -> bool:
 class ServeCommand(HelpCommand):
     """``serve``'s command: reads Triton's boolean option values (:func:`triton_boolean_args`)."""
 
-    def parse_args(self, ctx: typer._click.Context, args: list[str]) -> list[str]:
+    # ctx is click's Context of the copy of click typer bundles; typer exports only its
+    # own subclass, so the parameter is left untyped rather than named privately.
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         try:
             args = triton_boolean_args(args, TRITON_BOOLEAN_OPTIONS)
         except typer.BadParameter as exc:

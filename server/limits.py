@@ -7,9 +7,10 @@ as one, like a unary call (a stream runs its requests concurrently).
 
 Rules
 -----
-- :class:`Admit` is the first stage of every chain when a cap is set
-  (``--max-inflight-requests``, ``--max-inflight-requests-per-connection``; 0 means
-  no cap). With both at 0 :func:`admit` leaves it out: no cost per request.
+- :class:`Admit` is in every chain when a cap is set (``--max-inflight-requests``,
+  ``--max-inflight-requests-per-connection``; 0 means no cap), right after the
+  authorization stage: a caller refused there never takes a slot. With both at 0
+  :func:`admit` leaves it out: no cost per request.
 - A request arriving while its connection holds ``max_inflight_requests_per_connection``
   requests, or the server ``max_inflight_requests``, is refused at once with
   :class:`TooManyRequestsError` (RESOURCE_EXHAUSTED), the count and the option
