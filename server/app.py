@@ -331,6 +331,7 @@ class BatchwireServer:
             access=access if access.authenticating else None,
             max_inflight_requests=settings.max_inflight_requests,
             max_inflight_requests_per_connection=settings.max_inflight_requests_per_connection,
+            max_open_streams=settings.max_open_streams,
         )
         if access.enforcing:
             telemetry.principal_requests = self.dataplane.principal_requests

@@ -467,6 +467,16 @@ def serve(
             help="The same per client connection. 0: no limit.",
         ),
     ] = 0,
+    max_open_streams: Annotated[
+        int,
+        typer.Option(
+            envvar="BATCHWIRE_MAX_OPEN_STREAMS",
+            metavar="<count>",
+            parser=integer_parser("a stream count", 0),
+            help="ModelStreamInfer streams open at once in the server; more get "
+            "RESOURCE_EXHAUSTED. 0: no limit.",
+        ),
+    ] = 0,
     grpc_max_concurrent_streams: Annotated[
         int,
         typer.Option(
@@ -549,6 +559,7 @@ def serve(
             max_inflight_requests=max_inflight_requests,
             max_inflight_requests_per_connection=max_inflight_requests_per_connection,
             grpc_max_concurrent_streams=grpc_max_concurrent_streams,
+            max_open_streams=max_open_streams,
         )
     except ValueError as exc:  # options each valid, together not (--grpc-use-ssl alone)
         raise typer.BadParameter(str(exc)) from None

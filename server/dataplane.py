@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from batchwire import __version__
@@ -54,6 +54,7 @@ from batchwire.core.errors import (
 from batchwire.core.metadata import ModelMetadata, RepositoryEntry, ServerMetadata, TensorMetadata
 from batchwire.core.validation import expected_shape
 from batchwire.server.inference_call import UNREAD, InferenceCall
+from batchwire.server.limits import OpenStreams
 from batchwire.server.model_control import ModelControlMode, check_control_allowed
 from batchwire.server.pipeline import Pipeline, StageFactory
 from batchwire.server.registry import ModelRegistry, ServedModel
@@ -125,6 +126,7 @@ class DataPlane:
         access: AccessPolicy | None = None,
         max_inflight_requests: int = 0,
         max_inflight_requests_per_connection: int = 0,
+        max_open_streams: int = 0,
     ) -> None:
         self.registry = registry
         #: Triton's model control mode: whether load/unload requests are allowed.
@@ -133,6 +135,8 @@ class DataPlane:
         #: (0: none), enforced by the admit stage (batchwire.server.limits).
         self.max_inflight_requests = max_inflight_requests
         self.max_inflight_requests_per_connection = max_inflight_requests_per_connection
+        #: Streams open at once in the whole server (0: no cap); see open_stream().
+        self.streams = OpenStreams(max_open_streams)
         #: Who may call what (batchwire.server.access); None: everyone may do anything.
         self.access = access
         #: (model, principal) -> inference requests that principal sent to that model
@@ -196,6 +200,15 @@ class DataPlane:
         _describe(span, call)
         tracing.finish(span)
         return response
+
+    def open_stream(self) -> Callable[[], None]:
+        """Count a stream (a front end's ``ModelStreamInfer``) as open; returns its release.
+
+        Raises TooManyRequestsError (RESOURCE_EXHAUSTED) when ``max_open_streams``
+        streams are open already. The front end calls the release once, when the
+        stream ends however it ends.
+        """
+        return self.streams.open()
 
     # Readiness and metadata ------------------------------------------------
 

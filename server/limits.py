@@ -35,6 +35,7 @@ Concurrency: loop thread only; counts change only between awaits.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from batchwire.core.errors import InferenceError, StatusCode
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from batchwire.server.dataplane import DataPlane
     from batchwire.server.inference_call import InferenceCall
 
-__all__ = ["Admit", "InFlight", "TooManyRequestsError", "admit", "in_flight"]
+__all__ = ["Admit", "InFlight", "OpenStreams", "TooManyRequestsError", "admit", "in_flight"]
 
 
 class TooManyRequestsError(InferenceError):
@@ -111,6 +112,42 @@ class InFlight:
             else:
                 # Connections come and go: keep only those with requests in flight.
                 del self.by_connection[peer]
+
+
+class OpenStreams:
+    """Streams open in one data plane (``ModelStreamInfer`` calls), capped at ``limit``.
+
+    A front end calls :meth:`open` when a stream starts and the release it returns
+    when the stream ends, however it ends. Past the cap a new stream is refused with
+    TooManyRequestsError before it reads a request; streams already open are never
+    cut. Loop thread only.
+    """
+
+    __slots__ = ("count", "limit")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"the open-stream limit must be >= 0, got {limit}")
+        self.limit = limit
+        self.count = 0
+
+    def open(self) -> Callable[[], None]:
+        """Count one more open stream; its release (call it once), or raise."""
+        if self.limit and self.count >= self.limit:
+            raise TooManyRequestsError(
+                f"the server has {self.count} streams open, its limit "
+                f"(--max-open-streams={self.limit}); retry later"
+            )
+        self.count += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.count -= 1
+
+        return release
 
 
 class Admit(Stage):

@@ -26,7 +26,7 @@ from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 from batchwire.server.access import CURRENT_PRINCIPAL
 from batchwire.server.codec import GRPC_CODEC, stream_error_response
 from batchwire.server.inference_call import Caller, InferenceCall
-from batchwire.server.status import describe, reports_errors
+from batchwire.server.status import GRPC_STATUS, describe, reports_errors
 from batchwire.server.stream_flow import StreamFlow
 
 if TYPE_CHECKING:
@@ -115,6 +115,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream stays open. Concurrency: one reader task feeds the data plane, and
         this generator is the only writer.
         """
+        try:
+            release = self.dataplane.open_stream()
+        except InferenceError as exc:  # past --max-open-streams: refused before any read
+            await context.abort(GRPC_STATUS[exc.code], exc.message)
         deadline = _deadline(context)
         caller = Caller(
             "ModelStreamInfer", context.invocation_metadata, context.peer, CURRENT_PRINCIPAL.get()
@@ -173,6 +177,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield response
             await reader
         finally:
+            release()
             reader.cancel()
             for task in list(tasks):
                 task.cancel()

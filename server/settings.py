@@ -86,6 +86,9 @@ class ServerSettings:
     max_inflight_requests_per_connection: int = 0
     #: HTTP/2 streams a client connection may hold open at once (0: gRPC's default).
     grpc_max_concurrent_streams: int = 0
+    #: ModelStreamInfer streams open at once in the whole server (0: no limit); past
+    #: it, a new stream gets RESOURCE_EXHAUSTED.
+    max_open_streams: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -112,6 +115,7 @@ class ServerSettings:
             "max_inflight_requests",
             "max_inflight_requests_per_connection",
             "grpc_max_concurrent_streams",
+            "max_open_streams",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

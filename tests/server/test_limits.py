@@ -506,3 +506,38 @@ def test_a_message_over_max_message_size_is_refused_and_the_server_keeps_serving
         stream.send(x_request(9.0, model="fast"))
         assert y_of(stream.next().infer_response) == 9.0
         stream.close()
+
+
+def test_streams_past_max_open_streams_are_refused_until_one_ends(repository: Path) -> None:
+    server = start_server(repository, max_open_streams=2)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            first, second = Stream(stub), Stream(stub)
+            for stream, value in ((first, 1.0), (second, 2.0)):
+                stream.send(x_request(value, model="fast", request_id=f"s{value}"))
+                assert y_of(stream.next().infer_response) == value  # both open and serving
+            dataplane = server.server.dataplane
+            assert dataplane is not None
+            assert dataplane.streams.count == 2
+            third = Stream(stub)
+            error = third.end()
+            assert error is not None
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error.details() == (
+                "the server has 2 streams open, its limit (--max-open-streams=2); retry later"
+            )
+            # The open streams are not cut, and unary calls are not streams.
+            second.send(x_request(5.0, model="fast", request_id="again"))
+            assert y_of(second.next().infer_response) == 5.0
+            assert y_of(stub.ModelInfer(x_request(4.0, model="fast"))) == 4.0
+            first.close()
+            wait_until(lambda: dataplane.streams.count == 1, "the first stream released")
+            fourth = Stream(stub)
+            fourth.send(x_request(6.0, model="fast", request_id="fourth"))
+            assert y_of(fourth.next().infer_response) == 6.0
+            for stream in (second, fourth):
+                stream.close()
+            wait_until(lambda: dataplane.streams.count == 0, "every stream released")
+    finally:
+        server.stop()
