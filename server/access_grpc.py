@@ -72,83 +72,63 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         authorize = self._policy.authorize
         mutual = self._policy.mutual_tls
 
-        def admit(context: grpc.aio.ServicerContext) -> str:
+        async def admit(context: grpc.aio.ServicerContext) -> None:
+            """Set the call's principal, or end the call with the refusal's status."""
             names = (lambda: _certificate_names(context)) if mutual else _no_names
-            return authorize(operation, context.invocation_metadata(), names)
-
-        async def refuse(context: grpc.aio.ServicerContext, exc: InferenceError) -> None:
-            await context.abort(GRPC_STATUS[exc.code], exc.message)
+            try:
+                principal = authorize(operation, context.invocation_metadata(), names)
+            except InferenceError as exc:
+                await context.abort(GRPC_STATUS[exc.code], exc.message)
+                raise  # abort() raised already; never reached
+            CURRENT_PRINCIPAL.set(principal)
 
         serializers = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
-            unary = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    principal = admit(context)
-                except InferenceError as exc:
-                    await refuse(context, exc)
-                    raise  # abort() raised already; this is never reached
-                CURRENT_PRINCIPAL.set(principal)
-                return await unary(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
+            return grpc.unary_unary_rpc_method_handler(
+                _answering(handler.unary_unary, admit), **serializers
+            )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, admit, refuse), **serializers
+                _streaming(handler.unary_stream, admit), **serializers
             )
         if handler.stream_unary is not None:
-            stream_unary = handler.stream_unary
-
-            async def stream_in(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    principal = admit(context)
-                except InferenceError as exc:
-                    await refuse(context, exc)
-                    raise  # abort() raised already; this is never reached
-                CURRENT_PRINCIPAL.set(principal)
-                return await stream_unary(requests, context)
-
-            return grpc.stream_unary_rpc_method_handler(stream_in, **serializers)
+            return grpc.stream_unary_rpc_method_handler(
+                _answering(handler.stream_unary, admit), **serializers
+            )
         return grpc.stream_stream_rpc_method_handler(
-            _streaming(handler.stream_stream, admit, refuse), **serializers
+            _streaming(handler.stream_stream, admit), **serializers
         )
 
 
-def _streaming(
-    behaviour: Callable[..., Any],
-    admit: Callable[[grpc.aio.ServicerContext], str],
-    refuse: Callable[[grpc.aio.ServicerContext, InferenceError], Awaitable[None]],
-) -> Callable[..., Any]:
-    """A server-streaming behaviour (async generator or coroutine writing with
-    ``context.write``) preceded by the access check."""
-    if inspect.isasyncgenfunction(behaviour):
+#: Checks a call: sets its principal, or aborts it (see AccessInterceptor._wrap).
+Admit = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
 
-        async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
-                principal = admit(context)
-            except InferenceError as exc:
-                await refuse(context, exc)
-                raise  # abort() raised already; this is never reached
-            CURRENT_PRINCIPAL.set(principal)
-            async for response in behaviour(request, context):
-                yield response
 
-        return generator
+def _answering(behaviour: Callable[..., Any], admit: Admit) -> Callable[..., Any]:
+    """A behaviour with one response (unary or client-streaming), checked first."""
 
-    async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            principal = admit(context)
-        except InferenceError as exc:
-            await refuse(context, exc)
-            raise  # abort() raised already; this is never reached
-        CURRENT_PRINCIPAL.set(principal)
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await admit(context)
         return await behaviour(request, context)
 
-    return writer
+    return checked
+
+
+def _streaming(behaviour: Callable[..., Any], admit: Admit) -> Callable[..., Any]:
+    """A server-streaming behaviour (async generator, or coroutine writing with
+    ``context.write``), checked first."""
+    if not inspect.isasyncgenfunction(behaviour):
+        return _answering(behaviour, admit)
+
+    async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await admit(context)
+        async for response in behaviour(request, context):
+            yield response
+
+    return generator
 
 
 def _no_names() -> tuple[str, ...]:
