@@ -10,10 +10,12 @@ concatenate -- except on the variable (``-1``) dimensions of inputs declared
 takes, on each variable axis, the longest length in the batch and is filled with
 ``BatchingSpec.ragged_pad_value``; each request's data is copied into its corner.
 
-Outputs. Every output named in the spec must come back, as a tensor or numpy array
-whose first dimension equals the batch's item count (models that batch); otherwise the
-batch fails with :class:`OutputError` naming the output, expected versus got. Each output
-is converted to numpy once per batch (``to_numpy``, the spec's datatype) and split into
+Outputs. The model's result is first checked against the config
+(:mod:`batchwire.batching.outputs`: every declared output and no other, each with the
+declared shape -- batch axis equal to the batch's item count -- and exactly the declared
+datatype); a mismatch fails the batch with :class:`OutputError` naming the output,
+expected versus got. Each output is then converted to numpy once per batch
+(``to_numpy``; no cast happens, the datatype already matches) and split into
 per-request views along the batch axis (no copies).
 
 Shapes: the batch carries the config's ``dims`` (batch first); a tensor's ``reshape``
@@ -44,7 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from batchwire.core.errors import ModelExecutionError
+from batchwire.batching.outputs import OutputChecker, OutputError
 from batchwire.core.torch_tensors import to_numpy
 
 if TYPE_CHECKING:
@@ -55,10 +57,6 @@ __all__ = ["AssembledBatch", "Assembler", "OutputError"]
 
 #: Staging allocator: (input name, shape, numpy dtype) -> writable array to fill.
 Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
-
-
-class OutputError(ModelExecutionError):
-    """The model returned outputs that do not match its spec (never retried)."""
 
 
 class AssembledBatch:
@@ -90,7 +88,6 @@ class Assembler:
     """Stacks/pads request inputs and splits/slices outputs for one model spec."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        self._where = f"model '{spec.name}' version '{spec.version}'"
         self.batched = spec.max_batch_size > 0
         pad_value = spec.batching.ragged_pad_value if spec.batching is not None else 0.0
         #: (name, ragged tail axes, pad value)
@@ -112,6 +109,7 @@ class Assembler:
             var_axes = tuple(i + offset for i, d in enumerate(t.dims) if d == -1)
             self._outputs.append((t.name, t.datatype, var_axes))
         self.output_names = tuple(t.name for t in spec.outputs)
+        self._checker = OutputChecker(spec)
 
     # -- loop thread ---------------------------------------------------------------
 
@@ -227,37 +225,11 @@ class Assembler:
         requests: Sequence[InferenceRequest],
     ) -> list[dict[str, np.ndarray]]:
         """Validate the model's outputs and cut them into one dict per request."""
-        if not isinstance(outputs, dict):
-            raise OutputError(
-                f"{self._where}: the model returned {type(outputs).__name__}, "
-                "expected a dict of output name -> tensor"
-            )
-        total = batch.total
+        checked = self._checker.check(outputs, batch.total)
         converted: dict[str, np.ndarray] = {}
         var_axes_of: dict[str, tuple[int, ...]] = {}
         for name, datatype, var_axes in self._outputs:
-            value = outputs.get(name)
-            if value is None:
-                returned = ", ".join(sorted(map(str, outputs))) or "nothing"
-                raise OutputError(
-                    f"{self._where}: the model did not return output '{name}' "
-                    f"(expected {', '.join(self.output_names)}; got {returned})"
-                )
-            if not isinstance(value, (torch.Tensor, np.ndarray)):
-                raise OutputError(
-                    f"{self._where}: output '{name}' is a {type(value).__name__}, "
-                    "expected a torch.Tensor or numpy array"
-                )
-            if self.batched:
-                shape = tuple(value.shape)
-                if not shape or shape[0] != total:
-                    got = shape[0] if shape else "none (a scalar)"
-                    raise OutputError(
-                        f"{self._where}: output '{name}' has batch dimension {got}, "
-                        f"expected {total} (the batch's size); shape {list(shape)}"
-                    )
-            array = to_numpy(value, datatype)
-            converted[name] = array
+            converted[name] = to_numpy(checked[name], datatype)
             var_axes_of[name] = var_axes
         names_all = self.output_names
         if len(requests) == 1:

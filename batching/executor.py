@@ -30,7 +30,10 @@ Failure isolation (per batch, in the worker thread):
   the CUDA cache emptied, and each half retried, recursively, before anyone fails;
 - any other exception with ``retry_by_halves`` and more than one request: halves are
   retried recursively, so only the request(s) that fail alone are failed;
-- outputs that do not match the spec (:class:`OutputError`) fail the batch, not retried.
+- outputs that do not match the spec (:class:`OutputError`: a missing or undeclared
+  output, a shape or datatype other than the config's; see
+  :mod:`batchwire.batching.outputs`) fail the batch, not retried. During warmup they
+  fail the load, so the model never becomes ready.
 
 Every attempt (a runner call, failed or not) yields one :class:`BatchRecord`.
 
@@ -237,6 +240,8 @@ class Executor:
         try:
             outputs, times, padded = self._run(instance, requests, sizes)
         except OutputError as exc:
+            # A model/config mismatch, not a bad request: halving would fail every half.
+            logger.warning("a batch of %d request(s) failed: %s", len(entries), exc.message)
             self._fail(job, entries, requests, sizes, start_ns, exc)
             return
         except Exception as exc:

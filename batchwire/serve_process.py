@@ -138,6 +138,18 @@ class ServerProcess:
             ) from exc
         return self
 
+    def send_signal(self, signal: int) -> None:
+        """Send ``signal`` to the server process (SIGTERM: a graceful shutdown)."""
+        if self._process is None:
+            raise RuntimeError("the server process was not started")
+        self._process.send_signal(signal)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; its exit status (raises TimeoutExpired after ``timeout``)."""
+        if self._process is None:
+            raise RuntimeError("the server process was not started")
+        return self._process.wait(timeout=timeout)
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server: SIGTERM (it drains), then SIGKILL after ``timeout`` seconds.
 

@@ -58,7 +58,8 @@ def validate_request(spec: ModelSpec, request: InferenceRequest, datatypes: dict
     """Raise :class:`InvalidInputError` unless ``request`` fits ``spec``.
 
     With ``spec.max_input_bytes`` set, an input larger than that (see :func:`byte_size`)
-    is refused, naming the input, its size and the limit.
+    is refused, naming the input, its size and the limit. A request to a batching model
+    must carry at least one input (one whose inputs are all optional could omit them all).
 
     ``datatypes`` maps each input name to the v2 datatype the caller declared
     (arrays alone cannot tell BF16 from UINT16).
@@ -105,6 +106,13 @@ def validate_request(spec: ModelSpec, request: InferenceRequest, datatypes: dict
                     f"model '{spec.name}': inputs disagree on the batch dimension: "
                     f"'{tensor.name}' has {size}, an earlier input has {batch}"
                 )
+    if spec.batched and batch is None:
+        # Only possible when every input is optional: without one there is no batch
+        # dimension to batch the request by.
+        raise InvalidInputError(
+            f"model '{spec.name}': the request has no inputs, expected at least one of "
+            f"{', '.join(t.name for t in spec.inputs)} (its first dimension is the batch size)"
+        )
     if spec.batched and batch is not None:
         if batch < 1:
             raise InvalidInputError(

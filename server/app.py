@@ -43,6 +43,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: After the exit timeout: seconds a batch already running on a model instance still
+#: gets before its requests are answered UNAVAILABLE (queued ones are failed at once).
+STUCK_BATCH_BOUND_S = 1.0
+#: The grace ``grpc.aio.Server.stop`` gets once the data plane has drained: time to
+#: write the last responses and end the streams. Calls still open after it are cancelled
+#: by gRPC, so it comes only after every accepted request has been answered.
+TRANSPORT_GRACE_S = 2.0
+#: Before the transport stops: calls already sent are refused until none has come for
+#: QUIET_S seconds, waiting at most SETTLE_BOUND_S (a client retrying without pause
+#: would otherwise hold the shutdown).
+QUIET_S = 0.2
+SETTLE_BOUND_S = 5.0
+
 
 class StartupError(Exception):
     """The server cannot start for a reason its operator can fix.
@@ -364,18 +377,44 @@ class BatchwireServer:
             if not row.ready:
                 log.warning("model '%s' is %s: %s", row.name, row.state.value, row.reason)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight requests finish (``grace`` seconds), unload models."""
-        grace = self.settings.shutdown_grace if grace is None else grace
-        if self.dataplane is not None:
-            self.dataplane.accepting = False
+    async def stop(self, grace: float | None = None, delay: float | None = None) -> None:
+        """Shut down gracefully: every accepted request answered, once, OK or UNAVAILABLE.
+
+        In order:
+
+        1. Health (server, inference service, every model) turns NOT_SERVING and
+           ServerReady/ModelReady false, at once.
+        2. ``delay`` seconds (default ``settings.shutdown_delay_secs``) of serving as
+           usual, so that load balancers stop routing here first.
+        3. The data plane refuses new inference requests and streams with
+           UNAVAILABLE; open streams end with UNAVAILABLE once their requests are
+           answered.
+        4. The requests in flight get ``grace`` seconds (default
+           ``settings.exit_timeout_secs``) to finish. Then whatever is left is
+           answered UNAVAILABLE: queued requests at once, batches already running
+           after :data:`STUCK_BATCH_BOUND_S`.
+        5. Only then the gRPC server stops (with :data:`TRANSPORT_GRACE_S` to write
+           the last responses: ``grpc.aio.Server.stop`` would cancel whatever is
+           still open when its grace ends), the models are unloaded and the
+           telemetry exporters flushed.
+        """
+        grace = self.settings.exit_timeout_secs if grace is None else grace
+        delay = self.settings.shutdown_delay_secs if delay is None else delay
+        dataplane = self.dataplane
+        if dataplane is not None:
+            dataplane.accepting = False
+        if self._health is not None:
+            await self._health.shutdown()
         if self._poller is not None:
             await self._poller.stop()
             self._poller = None
-        if self._health is not None:
-            await self._health.shutdown()
+        if dataplane is not None:
+            if delay > 0:
+                log.info("not ready; still serving for %s s (--shutdown-delay-secs)", delay)
+                await asyncio.sleep(delay)
+            await self._drain(dataplane, grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(TRANSPORT_GRACE_S)
         if self.registry is not None:
             await self.registry.close()
         if self.telemetry is not None:
@@ -383,6 +422,42 @@ class BatchwireServer:
         if self._examples_dir is not None:
             shutil.rmtree(self._examples_dir, ignore_errors=True)
             self._examples_dir = None
+
+    async def _drain(self, dataplane: DataPlane, grace: float) -> None:
+        """Refuse new requests, wait ``grace`` s for those in flight, then fail the rest."""
+        dataplane.refuse_new_requests()
+        if dataplane.in_flight:
+            log.info(
+                "refusing new requests; waiting up to %s s for %d in flight (--exit-timeout-secs)",
+                grace,
+                dataplane.in_flight,
+            )
+        if not await dataplane.wait_idle(grace) and self.registry is not None:
+            await self._fail_stuck(dataplane, grace)
+        await dataplane.wait_quiet(QUIET_S, SETTLE_BOUND_S)
+
+    async def _fail_stuck(self, dataplane: DataPlane, grace: float) -> None:
+        """Answer what is still in flight after the exit timeout with UNAVAILABLE."""
+        assert self.registry is not None
+        log.warning(
+            "%d request(s) still in flight after the exit timeout (%s s); answering them "
+            "UNAVAILABLE",
+            dataplane.in_flight,
+            grace,
+        )
+        # Stopping a batcher without draining fails its queue at once and gives running
+        # batches the bound; registry.close() later waits for these same stops.
+        batchers = [served.batcher for served in self.registry.index() if served.batcher]
+        await asyncio.gather(
+            *(b.stop(drain=False, timeout=STUCK_BATCH_BOUND_S) for b in batchers),
+            return_exceptions=True,
+        )
+        # The failed requests leave infer() within a loop iteration or two.
+        if not await dataplane.wait_idle(STUCK_BATCH_BOUND_S):
+            log.error(
+                "%d request(s) still in flight outside any model queue; stopping anyway",
+                dataplane.in_flight,
+            )
 
     async def wait(self) -> None:
         """Block until the gRPC server terminates."""

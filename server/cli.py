@@ -167,6 +167,19 @@ def positive_seconds(text: str | float) -> float:
     return value
 
 
+def seconds_at_least_zero(text: str | float) -> float:
+    """A typer ``parser``: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected a number of seconds of 0 or more, got {text!r}"
+        ) from None
+    if not 0 <= value < float("inf"):  # NaN fails this too
+        raise typer.BadParameter(f"expected a number of seconds of 0 or more, got {value}")
+    return value
+
+
 def restricted_protocol(values: list[str] | None) -> list[str] | None:
     """A typer ``callback``: every --grpc-restricted-protocol value checked (exit 2 if bad)."""
     from batchwire.server.access import AccessConfigError, parse_restricted_protocol
@@ -487,6 +500,27 @@ def serve(
             "client. 0: gRPC's default.",
         ),
     ] = 0,
+    exit_timeout_secs: Annotated[
+        float,
+        typer.Option(
+            envvar="BATCHWIRE_EXIT_TIMEOUT_SECS",
+            metavar="<seconds>",
+            parser=seconds_at_least_zero,
+            help="On SIGTERM/SIGINT, seconds the requests already accepted get to finish "
+            "(new ones get UNAVAILABLE); what is left then gets UNAVAILABLE too.",
+        ),
+    ] = 30.0,
+    shutdown_delay_secs: Annotated[
+        float,
+        typer.Option(
+            envvar="BATCHWIRE_SHUTDOWN_DELAY_SECS",
+            metavar="<seconds>",
+            parser=seconds_at_least_zero,
+            help="On SIGTERM/SIGINT, seconds to keep serving while health and readiness "
+            "already say not serving (load balancers stop routing first), before "
+            "--exit-timeout-secs starts.",
+        ),
+    ] = 0.0,
     trace_mode: Annotated[
         TraceMode | None,
         typer.Option(
@@ -519,6 +553,10 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a model repository (the built-in examples when none is given).
+
+    On SIGINT or SIGTERM health says not serving at once; requests are served for
+    --shutdown-delay-secs, then refused (UNAVAILABLE) while those accepted get
+    --exit-timeout-secs to finish (docs/shutdown.md).
 
     Exit status: 0 after SIGINT or SIGTERM; 1 when the server cannot start (a port in
     use, a missing or unreadable repository, no server dependencies), said in one line
@@ -560,6 +598,8 @@ def serve(
             max_inflight_requests_per_connection=max_inflight_requests_per_connection,
             grpc_max_concurrent_streams=grpc_max_concurrent_streams,
             max_open_streams=max_open_streams,
+            exit_timeout_secs=exit_timeout_secs,
+            shutdown_delay_secs=shutdown_delay_secs,
         )
     except ValueError as exc:  # options each valid, together not (--grpc-use-ssl alone)
         raise typer.BadParameter(str(exc)) from None
@@ -571,6 +611,7 @@ def serve(
         fail(f"batchwire: {exc}")
     finally:
         loop.close()
+    exit_despite_stuck_threads()
 
 
 async def serve_until_signalled(server: BatchwireServer) -> None:
@@ -590,12 +631,46 @@ async def serve_until_signalled(server: BatchwireServer) -> None:
     try:
         await server.start()
     except BaseException:
-        await server.stop(grace=0)
+        await server.stop(grace=0, delay=0)
         raise
     freeze_startup_objects()
     await stop.wait()
     logging.getLogger("batchwire").info("shutting down")
     await server.stop()
+
+
+def exit_despite_stuck_threads() -> None:
+    """Exit with status 0 now if a model's worker thread is still running after stop().
+
+    A model that hung past the exit timeout leaves its worker thread running (its
+    requests were answered UNAVAILABLE); the interpreter would wait for that thread
+    at exit forever. Everything else is done by then (responses sent, exporters
+    flushed), so the process ends without waiting for it.
+    """
+    import logging
+    import os
+    import sys
+    import threading
+
+    stuck = [
+        thread
+        for thread in threading.enumerate()
+        if thread.is_alive() and not thread.daemon and thread is not threading.main_thread()
+    ]
+    for thread in stuck:
+        thread.join(timeout=0.5)  # one finishing its last step
+    stuck = [thread for thread in stuck if thread.is_alive()]
+    if not stuck:
+        return
+    logging.getLogger("batchwire").warning(
+        "exiting with %d thread(s) still running (%s): a model did not finish in time",
+        len(stuck),
+        ", ".join(thread.name for thread in stuck),
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def freeze_startup_objects() -> None:

@@ -7,11 +7,62 @@ with it once the model version is resolved and encodes the result with it.
 Hot path. Inputs become zero-copy ``np.frombuffer`` views of the received
 bytes; outputs are serialized once each with ``tobytes()``. No per-element
 Python loops except for BYTES and typed ``contents`` (which are lists already).
+The checks below are comparisons on what the message holds; parameters are read
+only where a message (or one of its tensors) has some.
+
+Decoding refuses, with INVALID_ARGUMENT naming the field, what was expected and
+what arrived:
+
+- an ``id`` longer than :data:`MAX_ID_LENGTH` characters, an input or requested
+  output name longer than :data:`MAX_NAME_LENGTH` (names and ids are echoed in
+  error messages, which travel in gRPC trailers of a few KiB at most);
+- a ``raw_input_contents`` count other than one entry per input, an input with
+  both ``contents`` and raw data, an input name or a requested output name given
+  twice;
+- an unknown datatype; a shape with more than :data:`MAX_DIMS` dimensions, a
+  negative dimension, or more than :data:`MAX_ELEMENTS` elements (for a shape
+  with a zero dimension: its other dimensions multiplied), so that every byte
+  size fits in int64;
+- data that does not fit the shape: raw bytes of another size; for BYTES a
+  malformed length-prefixed buffer, or more elements than the buffer has room
+  for 4-byte prefixes (refused before anything is allocated); typed ``contents``
+  with another count, in a field that is not the datatype's, or (INT8, INT16,
+  UINT8, UINT16, which travel widened) with a value outside the datatype's range;
+- a request parameter Triton defines, of the wrong type or out of range:
+
+  ========================================  =============================================
+  ``priority``                              int64_param >= 0 or uint64_param
+  ``timeout`` (microseconds)                int64_param >= 0 or uint64_param
+  ``sequence_id``                           int64_param, uint64_param or string_param
+  ``sequence_start``, ``sequence_end``      bool_param
+  ``triton_enable_empty_final_response``    bool_param (accepted, no effect)
+  any other ``triton_*`` key                refused: the prefix is reserved for Triton
+  ========================================  =============================================
+
+  Triton takes ``priority`` as either integer and ``timeout`` as int64_param only;
+  the uint64_param ``timeout`` is accepted here as well. Any other key is a custom
+  parameter: Triton hands those to the backend, batchwire's models take none, so
+  they are passed over whatever their type;
+- a tensor parameter of the shared-memory or classification extensions of the
+  wrong type or out of range: ``shared_memory_region`` (string_param),
+  ``shared_memory_offset``, ``shared_memory_byte_size`` (int64_param >= 0 or
+  uint64_param), on outputs ``classification`` (int64_param >= 1). Other tensor
+  parameters (``binary_data``, ``binary_data_size``: HTTP's) are passed over.
+
+Well-formed requests for features batchwire lacks are UNIMPLEMENTED: a sequence
+(non-zero or non-empty ``sequence_id``, a true ``sequence_start`` or
+``sequence_end``; tritonclient sends ``sequence_id`` 0 with plain requests), shared
+memory, classification.
+
+The request is checked against the model afterwards (input and output names, an
+empty one being an unknown one, datatypes, shapes, batch size) by
+:func:`batchwire.core.validation.validate_request`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -22,19 +73,137 @@ from batchwire.core.types import InferenceRequest, InferenceResult
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos.contents import CONTENTS_FIELDS
 
-#: Request parameters that select features batchwire does not implement.
-_UNSUPPORTED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+#: Longest request ``id`` accepted, in characters (a UUID has 36).
+MAX_ID_LENGTH = 1024
+#: Longest input or requested output name accepted, in characters.
+MAX_NAME_LENGTH = 1024
+#: Most dimensions a tensor shape may have (numpy 1.x's limit; numpy 2 allows 64).
+MAX_DIMS = 32
+#: Most elements a tensor shape may declare: 8 bytes each (the widest element, a
+#: BYTES tensor's object pointer) must still fit in int64.
+MAX_ELEMENTS = (2**63 - 1) // 8
+
+#: Integer datatypes that travel in a wider ``contents`` field: their value range.
+_NARROWED_RANGES: dict[str, tuple[int, int]] = {
+    "INT8": (-(2**7), 2**7 - 1),
+    "INT16": (-(2**15), 2**15 - 1),
+    "UINT8": (0, 2**8 - 1),
+    "UINT16": (0, 2**16 - 1),
+}
+#: Longest parameter value quoted in a message.
+_QUOTE_LIMIT = 60
+_UNSIGNED = "int64_param >= 0 or uint64_param"
+_SEQUENCE_ID_TYPES = ("int64_param", "uint64_param", "string_param")
+_SEQUENCE_FLAGS = ("sequence_start", "sequence_end")
+#: The ``triton_`` keys Triton accepts in a request; the rest of the prefix is reserved.
+_TRITON_PARAMETERS = ("triton_enable_empty_final_response",)
+_SHARED_MEMORY_SIZES = ("shared_memory_offset", "shared_memory_byte_size")
 
 
-def _parameter_int(model: str, key: str, value: pb.InferParameter) -> int:
+def _got(value: pb.InferParameter, choice: str | None) -> str:
+    """``<oneof field> <value>`` of a parameter, for messages (long strings cut short)."""
+    if choice is None:
+        return "no value"
+    text = repr(getattr(value, choice))
+    if len(text) > _QUOTE_LIMIT:
+        text = text[: _QUOTE_LIMIT - 3] + "..."
+    return f"{choice} {text}"
+
+
+def _bad_parameter(
+    value: pb.InferParameter, model: str, key: str, expected: str, tensor: str = ""
+) -> InvalidInputError:
     choice = value.WhichOneof("parameter_choice")
-    if choice == "int64_param":
-        return value.int64_param
+    where = (
+        f"model '{model}' {tensor}: parameter" if tensor else f"model '{model}': request parameter"
+    )
+    return InvalidInputError(f"{where} '{key}' must be {expected}, got {_got(value, choice)}")
+
+
+def _unsigned(value: pb.InferParameter, model: str, key: str, tensor: str = "") -> int:
+    """A parameter that counts something: int64_param >= 0 or uint64_param."""
+    choice = value.WhichOneof("parameter_choice")
     if choice == "uint64_param":
         return value.uint64_param
-    raise InvalidInputError(
-        f"model '{model}': request parameter '{key}' must be an integer "
-        f"(int64_param or uint64_param), got {choice or 'no value'}"
+    if choice == "int64_param" and value.int64_param >= 0:
+        return value.int64_param
+    raise _bad_parameter(value, model, key, _UNSIGNED, tensor)
+
+
+def _flag(value: pb.InferParameter, model: str, key: str) -> bool:
+    if value.WhichOneof("parameter_choice") != "bool_param":
+        raise _bad_parameter(value, model, key, "bool_param")
+    return value.bool_param
+
+
+def _apply_request_parameters(
+    model: str, request: InferenceRequest, parameters: Mapping[str, pb.InferParameter]
+) -> None:
+    """Checks the request parameters Triton defines and carries them onto ``request``."""
+    for key, value in parameters.items():
+        if key == "priority":
+            request.priority = _unsigned(value, model, key)
+        elif key == "timeout":
+            request.timeout_us = _unsigned(value, model, key)
+        elif key == "sequence_id":
+            choice = value.WhichOneof("parameter_choice")
+            if choice not in _SEQUENCE_ID_TYPES:
+                raise _bad_parameter(value, model, key, "int64_param, uint64_param or string_param")
+            if getattr(value, choice):
+                raise UnsupportedError(
+                    f"model '{model}': sequence batching (parameter '{key}') is not supported"
+                )
+        elif key in _SEQUENCE_FLAGS:
+            if _flag(value, model, key):
+                raise UnsupportedError(
+                    f"model '{model}': sequence batching (parameter '{key}') is not supported"
+                )
+        elif key.startswith("triton_"):
+            if key not in _TRITON_PARAMETERS:
+                raise InvalidInputError(
+                    f"model '{model}': request parameter '{key[:_QUOTE_LIMIT]}' is reserved "
+                    "(keys starting with 'triton_' are Triton's; accepted: "
+                    f"{', '.join(_TRITON_PARAMETERS)})"
+                )
+            _flag(value, model, key)
+
+
+def _check_tensor_parameters(
+    model: str, tensor: str, parameters: Mapping[str, pb.InferParameter], output: bool
+) -> None:
+    """Type and range of a tensor's extension parameters; the extensions are UNIMPLEMENTED.
+
+    ``tensor`` is ``input 'NAME'`` or ``output 'NAME'``, as messages name it.
+    """
+    extension = ""
+    for key, value in parameters.items():
+        if key == "shared_memory_region":
+            if value.WhichOneof("parameter_choice") != "string_param":
+                raise _bad_parameter(value, model, key, "string_param", tensor)
+            extension = "shared memory"
+        elif key in _SHARED_MEMORY_SIZES:
+            _unsigned(value, model, key, tensor)
+            extension = "shared memory"
+        elif output and key == "classification":
+            if value.WhichOneof("parameter_choice") != "int64_param" or value.int64_param < 1:
+                raise _bad_parameter(value, model, key, "int64_param >= 1", tensor)
+            extension = extension or "classification"
+    if extension == "shared memory":
+        where = "are returned in raw_output_contents" if output else "go in raw_input_contents"
+        raise UnsupportedError(
+            f"model '{model}' {tensor}: shared memory is not supported (tensor data {where})"
+        )
+    if extension:
+        raise UnsupportedError(
+            f"model '{model}' {tensor}: the classification extension is not supported "
+            "(parameter 'classification')"
+        )
+
+
+def _name_too_long(model: str, kind: str, name: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"model '{model}': {kind} name '{name[:_QUOTE_LIMIT]}...' has {len(name)} characters, "
+        f"expected at most {MAX_NAME_LENGTH}"
     )
 
 
@@ -45,17 +214,37 @@ def _decode_tensor(
     datatype = tensor.datatype
     if not is_known(datatype):
         raise InvalidInputError(
-            f"model '{model}' input '{name}': unknown datatype '{datatype}' (expected one of "
-            f"{', '.join(WIRE_DTYPES)})"
+            f"model '{model}' input '{name}': unknown datatype '{datatype[:_QUOTE_LIMIT]}' "
+            f"(expected one of {', '.join(WIRE_DTYPES)})"
         )
-    shape = tuple(tensor.shape)
+    dims = tensor.shape
+    if len(dims) > MAX_DIMS:
+        raise InvalidInputError(
+            f"model '{model}' input '{name}': shape has {len(dims)} dimensions, "
+            f"expected at most {MAX_DIMS}"
+        )
+    shape = tuple(dims)
     if any(d < 0 for d in shape):
         raise InvalidInputError(
             f"model '{model}' input '{name}': shape dimensions must be >= 0, got {list(shape)}"
         )
     count = math.prod(shape)
+    # An empty shape holds nothing, yet numpy refuses one whose other dimensions
+    # multiply past its byte-size limit: those count for the bound.
+    if (count or math.prod(d for d in shape if d)) > MAX_ELEMENTS:
+        raise InvalidInputError(
+            f"model '{model}' input '{name}': shape {list(shape)} has too many elements, "
+            f"expected at most {MAX_ELEMENTS} (byte sizes must fit in int64)"
+        )
     if raw is not None:
         if datatype == "BYTES":
+            if count > len(raw) >> 2:
+                # Checked before deserializing, which allocates one slot per element.
+                raise InvalidInputError(
+                    f"model '{model}' input '{name}': shape {list(shape)} has {count} BYTES "
+                    f"elements, expected at most {len(raw) >> 2} (one 4-byte length prefix "
+                    f"each in its {len(raw)} raw bytes)"
+                )
             try:
                 return deserialize_bytes(raw, count).reshape(shape)
             except ValueError as exc:
@@ -77,7 +266,14 @@ def _decode_tensor(
             f"model '{model}' input '{name}': {datatype} data must be sent in "
             "raw_input_contents (InferTensorContents has no field for it)"
         )
-    values = getattr(tensor.contents, field)
+    contents = tensor.contents
+    for descriptor, _ in contents.ListFields():
+        if descriptor.name != field:
+            raise InvalidInputError(
+                f"model '{model}' input '{name}': expected {datatype} values in "
+                f"contents.{field}, got contents.{descriptor.name}"
+            )
+    values = getattr(contents, field)
     if len(values) != count:
         raise InvalidInputError(
             f"model '{model}' input '{name}': expected {count} values in contents.{field} "
@@ -87,7 +283,36 @@ def _decode_tensor(
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array.reshape(shape)
+    bounds = _NARROWED_RANGES.get(datatype)
+    if bounds is not None and count:
+        low, high = bounds
+        if min(values) < low or max(values) > high:
+            bad = next(v for v in values if not low <= v <= high)
+            raise InvalidInputError(
+                f"model '{model}' input '{name}': {datatype} values in contents.{field} "
+                f"must be within {low}..{high}, got {bad}"
+            )
     return np.asarray(values, dtype=WIRE_DTYPES[datatype]).reshape(shape)
+
+
+def _requested_outputs(
+    model: str, outputs: Sequence[pb.ModelInferRequest.InferRequestedOutputTensor]
+) -> tuple[str, ...]:
+    """The requested output names, in order, once each is known to be sane and unique."""
+    names = tuple(out.name for out in outputs)
+    for out in outputs:
+        name = out.name
+        if len(name) > MAX_NAME_LENGTH:
+            raise _name_too_long(model, "output", name)
+        if out.parameters:
+            _check_tensor_parameters(model, f"output '{name}'", out.parameters, output=True)
+    if len(names) > 1 and len(set(names)) != len(names):
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise InvalidInputError(f"model '{model}': output '{name}' is requested twice")
+            seen.add(name)
+    return names
 
 
 def decode_infer_request(
@@ -95,11 +320,17 @@ def decode_infer_request(
 ) -> tuple[InferenceRequest, dict[str, str]]:
     """Decode ``msg`` into an :class:`InferenceRequest` and the declared input datatypes.
 
-    Checks the wire-level structure (raw vs typed contents, byte sizes); the
-    request is checked against the model by
-    :func:`batchwire.core.validation.validate_request`.
+    Checks the message's structure, its parameters and its tensors' data as the
+    module docstring lists; the request is checked against the model by
+    :func:`batchwire.core.validation.validate_request`. Raises InvalidInputError, or
+    UnsupportedError for a feature batchwire lacks.
     """
     model = spec.name
+    if len(msg.id) > MAX_ID_LENGTH:
+        raise InvalidInputError(
+            f"model '{model}': request id has {len(msg.id)} characters, "
+            f"expected at most {MAX_ID_LENGTH}"
+        )
     raw = msg.raw_input_contents
     n_raw = len(raw)
     if n_raw and n_raw != len(msg.inputs):
@@ -110,34 +341,29 @@ def decode_infer_request(
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
     for index, tensor in enumerate(msg.inputs):
-        if tensor.name in inputs:
-            raise InvalidInputError(f"model '{model}': input '{tensor.name}' is given twice")
+        name = tensor.name
+        if len(name) > MAX_NAME_LENGTH:
+            raise _name_too_long(model, "input", name)
+        if name in inputs:
+            raise InvalidInputError(f"model '{model}': input '{name}' is given twice")
         if n_raw and tensor.HasField("contents"):
             raise InvalidInputError(
-                f"model '{model}' input '{tensor.name}': data given both in contents and "
+                f"model '{model}' input '{name}': data given both in contents and "
                 "raw_input_contents (use one)"
             )
-        inputs[tensor.name] = _decode_tensor(model, tensor, raw[index] if n_raw else None)
-        datatypes[tensor.name] = tensor.datatype
+        if tensor.parameters:
+            _check_tensor_parameters(model, f"input '{name}'", tensor.parameters, output=False)
+        inputs[name] = _decode_tensor(model, tensor, raw[index] if n_raw else None)
+        datatypes[name] = tensor.datatype
+    outputs = msg.outputs
     request = InferenceRequest(
         inputs=inputs,
-        requested_outputs=tuple(out.name for out in msg.outputs),
+        requested_outputs=_requested_outputs(model, outputs) if outputs else (),
         id=msg.id,
         deadline=deadline,
     )
     if msg.parameters:
-        for key, value in msg.parameters.items():
-            if key == "priority":
-                request.priority = _parameter_int(model, key, value)
-            elif key == "timeout":
-                request.timeout_us = _parameter_int(model, key, value)
-            elif key in _UNSUPPORTED_PARAMETERS:
-                choice = value.WhichOneof("parameter_choice")
-                # tritonclient sends sequence_id 0 / start false for plain requests.
-                if choice and getattr(value, choice):
-                    raise UnsupportedError(
-                        f"model '{model}': sequence batching (parameter '{key}') is not supported"
-                    )
+        _apply_request_parameters(model, request, msg.parameters)
     return request, datatypes
 
 

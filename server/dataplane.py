@@ -31,6 +31,19 @@ finishes the request's trace span and encodes the response. Every front end's
 requests pass the same stages, so authorization, routing, caching and auditing
 added there hold for all of them.
 
+Shutdown (driven by ``BatchwireServer.stop``; every front end sees the same):
+
+- :attr:`DataPlane.accepting` False: readiness (server and models) reports false,
+  requests are still served (the shutdown delay).
+- :meth:`DataPlane.refuse_new_requests`: from then on :meth:`DataPlane.infer` and
+  :meth:`DataPlane.open_stream` raise ServerShuttingDownError (UNAVAILABLE) at once,
+  and every open stream is told (the ``on_shutdown`` it registered), so that it can
+  end once its own requests are answered. Requests already inside :meth:`infer` are
+  not touched: they finish, or the batcher fails them when the server gives up.
+- :attr:`DataPlane.in_flight` counts the calls inside :meth:`infer`, always (limits
+  or not): one integer added to and taken from per request, so that
+  :meth:`wait_idle` knows when every accepted request has been answered.
+
 Concurrency: loop thread only (the server's event loop), like the registry.
 """
 
@@ -48,6 +61,7 @@ from batchwire.core.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
+    ServerShuttingDownError,
     StatusCode,
     UnsupportedError,
 )
@@ -84,6 +98,11 @@ BASE_EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy",
 TELEMETRY_EXTENSIONS = ("statistics", "trace", "logging")
 
 _perf_ns = time.perf_counter_ns
+
+#: What a request refused during shutdown is told (with status UNAVAILABLE).
+SHUTTING_DOWN_MESSAGE = (
+    "server is shutting down and accepts no new inference requests; retry on another replica"
+)
 
 
 class InvalidSettingError(InferenceError):
@@ -150,6 +169,14 @@ class DataPlane:
         self.extensions = tuple(names)
         #: False once the server is stopping: it reports itself and its models not ready.
         self.accepting = True
+        #: True once shutdown refuses new inference requests (refuse_new_requests()).
+        self.refusing = False
+        #: Calls inside infer() now: accepted and not yet answered.
+        self.in_flight = 0
+        #: Requests and streams refused because the server is shutting down.
+        self.refused = 0
+        #: What each open stream asked to be told when shutdown starts refusing.
+        self._on_shutdown: set[Callable[[], None]] = set()
         #: Per request, inference tests ``armed`` and nothing else when it is False.
         self._tracing: Tracing | _NoTracing = (
             telemetry.tracing if telemetry is not None else _NoTracing()
@@ -167,13 +194,21 @@ class DataPlane:
         Raises InferenceError (with the status to report) when a stage refuses or
         fails the request. When the request is traced its span covers every stage and
         the encoding, and its ids are the active request for log records meanwhile.
+        Raises ServerShuttingDownError once shutdown refuses new requests.
         """
-        tracing = self._tracing
-        if tracing.armed:
-            return await self._infer_traced(call, tracing)  # type: ignore[arg-type]
-        chain = self._chains.get(call.model) or self.pipeline.chain(call.model)
-        result = await chain(call)
-        return call.codec.encode(call.message, call.served.spec, result)  # type: ignore[union-attr,arg-type]
+        if self.refusing:
+            self.refused += 1
+            raise ServerShuttingDownError(SHUTTING_DOWN_MESSAGE)
+        self.in_flight += 1
+        try:
+            tracing = self._tracing
+            if tracing.armed:
+                return await self._infer_traced(call, tracing)  # type: ignore[arg-type]
+            chain = self._chains.get(call.model) or self.pipeline.chain(call.model)
+            result = await chain(call)
+            return call.codec.encode(call.message, call.served.spec, result)  # type: ignore[union-attr,arg-type]
+        finally:
+            self.in_flight -= 1
 
     async def _infer_traced(self, call: InferenceCall, tracing: Tracing) -> Any:
         caller = call.caller
@@ -201,14 +236,82 @@ class DataPlane:
         tracing.finish(span)
         return response
 
-    def open_stream(self) -> Callable[[], None]:
+    def open_stream(self, on_shutdown: Callable[[], None] | None = None) -> Callable[[], None]:
         """Count a stream (a front end's ``ModelStreamInfer``) as open; returns its release.
 
-        Raises TooManyRequestsError (RESOURCE_EXHAUSTED) when ``max_open_streams``
-        streams are open already. The front end calls the release once, when the
-        stream ends however it ends.
+        Raises ServerShuttingDownError (UNAVAILABLE) once shutdown refuses new requests,
+        TooManyRequestsError (RESOURCE_EXHAUSTED) when ``max_open_streams`` streams are
+        open already. ``on_shutdown`` is called once, on the loop, if shutdown starts
+        refusing while the stream is open. The front end calls the release once, when
+        the stream ends however it ends.
         """
-        return self.streams.open()
+        if self.refusing:
+            self.refused += 1
+            raise ServerShuttingDownError(SHUTTING_DOWN_MESSAGE)
+        release = self.streams.open()
+        if on_shutdown is None:
+            return release
+        listeners = self._on_shutdown
+        listeners.add(on_shutdown)
+
+        def release_stream() -> None:
+            listeners.discard(on_shutdown)
+            release()
+
+        return release_stream
+
+    def shutting_down_error(self) -> ServerShuttingDownError:
+        """The error a request or stream refused during shutdown ends with."""
+        return ServerShuttingDownError(SHUTTING_DOWN_MESSAGE)
+
+    # Shutdown --------------------------------------------------------------
+
+    def refuse_new_requests(self) -> None:
+        """Refuse every inference request and stream from now on; tell open streams.
+
+        Also ends readiness (``accepting``). Requests already inside :meth:`infer`
+        carry on. Idempotent.
+        """
+        self.accepting = False
+        if self.refusing:
+            return
+        self.refusing = True
+        for notify in list(self._on_shutdown):
+            try:
+                notify()
+            except Exception:  # one broken stream must not keep the others open
+                log.exception("telling an open stream about the shutdown failed")
+        self._on_shutdown.clear()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight, at most ``timeout`` seconds; True if none is.
+
+        Polls every few milliseconds rather than having every request check for a
+        waiter on its way out: this runs once, at shutdown.
+        """
+        deadline = time.monotonic() + timeout
+        while self.in_flight:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(0.005, left))
+        return True
+
+    async def wait_quiet(self, quiet: float, timeout: float) -> None:
+        """Wait until no request has been refused for ``quiet`` s (at most ``timeout`` s).
+
+        Calls a client sent before it learnt of the shutdown may still wait inside
+        the transport; refusing them (UNAVAILABLE) before the transport stops keeps
+        them from being cancelled there.
+        """
+        deadline = time.monotonic() + timeout
+        seen = -1
+        while self.refused != seen or self.in_flight:
+            seen = self.refused
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(quiet, left))
 
     # Readiness and metadata ------------------------------------------------
 

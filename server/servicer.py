@@ -114,19 +114,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         matches them up. A failed request yields ``error_message`` and the
         stream stays open. Concurrency: one reader task feeds the data plane, and
         this generator is the only writer.
+
+        The stream ends with OK once the caller has closed its side and every
+        request is answered. When the server shuts down, requests read from then
+        on are refused in-stream (UNAVAILABLE's message), and once every request is
+        answered the stream ends with status UNAVAILABLE, so that the caller
+        reconnects to another replica rather than taking OK for "nothing more".
         """
+        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        in_flight = 0
+        reading = True
+        closing = False  # the server is shutting down
+
+        def shutting_down() -> None:
+            nonlocal closing
+            closing = True
+            if in_flight == 0:
+                done.put_nowait(None)
+
         try:
-            release = self.dataplane.open_stream()
-        except InferenceError as exc:  # past --max-open-streams: refused before any read
+            release = self.dataplane.open_stream(shutting_down)
+        except InferenceError as exc:  # past --max-open-streams or shutting down
             await context.abort(GRPC_STATUS[exc.code], exc.message)
         deadline = _deadline(context)
         caller = Caller(
             "ModelStreamInfer", context.invocation_metadata, context.peer, CURRENT_PRINCIPAL.get()
         )
         infer = self.dataplane.infer
-        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        in_flight = 0
-        reading = True
         flow = StreamFlow()  # does the caller send without waiting for answers?
 
         def finish(msg: pb.ModelInferRequest, task: asyncio.Task) -> None:
@@ -143,7 +157,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not isinstance(exc, InferenceError):
                     log.error("stream request for '%s' failed", msg.model_name, exc_info=exc)
                 done.put_nowait(stream_error_response(msg, describe(exc)))
-            if not reading and in_flight == 0:
+            if in_flight == 0 and (closing or not reading):
                 done.put_nowait(None)
 
         tasks: set[asyncio.Task] = set()
@@ -175,6 +189,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             while (response := await done.get()) is not None:
                 flow.sent()
                 yield response
+            if reading:  # ended by the shutdown, not by the caller
+                error = self.dataplane.shutting_down_error()
+                await context.abort(GRPC_STATUS[error.code], error.message)
             await reader
         finally:
             release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,14 @@ class ServerSettings:
     #: torch intra-op threads per CPU model instance (a model config may set its own);
     #: None: adaptive (see batchwire.batching.placement).
     intra_op_threads: int | None = None
-    #: Seconds in-flight requests get to finish on shutdown.
-    shutdown_grace: float = 10.0
+    #: Triton's ``--exit-timeout-secs``: seconds the requests already accepted get to
+    #: finish once shutdown refuses new ones; whatever is left then is answered
+    #: UNAVAILABLE (see BatchwireServer.stop).
+    exit_timeout_secs: float = 30.0
+    #: Seconds between the shutdown signal and refusing new requests: health and
+    #: readiness report not serving at once, requests are still served meanwhile (so
+    #: load balancers stop routing first; Kubernetes' preStop pattern).
+    shutdown_delay_secs: float = 0.0
     server_name: str = "batchwire"
     #: Prometheus /metrics port on ``host``; 0 disables the endpoint.
     metrics_port: int = 0
@@ -109,6 +116,10 @@ class ServerSettings:
             raise ValueError(
                 f"load_models needs model_control_mode 'explicit', got {self.model_control_mode!r}"
             )
+        for name in ("exit_timeout_secs", "shutdown_delay_secs"):
+            seconds = getattr(self, name)
+            if not 0 <= seconds < math.inf:  # NaN fails this too
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds}")
         if not self.repository_poll_secs > 0:
             raise ValueError(f"repository_poll_secs must be > 0, got {self.repository_poll_secs}")
         for name in (
@@ -130,6 +141,11 @@ class ServerSettings:
                     raise ValueError(f"{using} needs {option}")
         if self.grpc_use_ssl_mutual and self.grpc_root_cert is None:
             raise ValueError("--grpc-use-ssl-mutual needs --grpc-root-cert")
+
+    @property
+    def shutdown_grace(self) -> float:
+        """The former name of :attr:`exit_timeout_secs` (read-only)."""
+        return self.exit_timeout_secs
 
     @property
     def tls(self) -> bool:

@@ -52,15 +52,21 @@ import numpy as np
 
 
 class BatchwireModel:
-    """Returns every IN_<type> input as OUT_<type>; absent inputs give empty outputs."""
+    """Returns every IN_<type> input as OUT_<type>; absent inputs give empty outputs
+    of the output's declared datatype (the server does not cast outputs)."""
 
     def load(self, spec, device, instance_index):
-        self.outputs = [t.name for t in spec.outputs]
+        from batchwire.core.datatypes import NUMPY_DTYPES
+
+        self.outputs = {t.name: NUMPY_DTYPES[t.datatype] for t in spec.outputs}
 
     def execute(self, inputs):
         batch = len(next(iter(inputs.values())))
         echoed = {"OUT_" + name[3:]: value for name, value in inputs.items()}
-        return {name: echoed.get(name, np.zeros((batch, 0))) for name in self.outputs}
+        return {
+            name: echoed.get(name, np.zeros((batch, 0), dtype))
+            for name, dtype in self.outputs.items()
+        }
 '''
 
 FAILING_MODEL_CONFIG = """

@@ -269,7 +269,9 @@ async def test_wrong_output_batch_dimension_fails_with_expected_and_got():
     )
     b = await started(model)
     with pytest.raises(
-        ModelExecutionError, match=r"output 'OUTPUT0' has batch dimension 1, expected 3"
+        ModelExecutionError,
+        match=r"output 'OUTPUT0' has shape \[1, 4\], expected \[3, 4\] "
+        r"\(config dims \[4\] and batch size 3\)",
     ):
         await b.submit(req(1.0, rows=3))
     await b.stop()
