@@ -55,11 +55,6 @@ from batchwire.core.errors import (
 )
 from batchwire.server.pipeline import Stage
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 if TYPE_CHECKING:
     from batchwire.core.types import InferenceResult
     from batchwire.server.dataplane import DataPlane
@@ -223,6 +218,11 @@ class AuthConfig:
             raise AccessConfigError(f"--auth-config {path}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise AccessConfigError(f"--auth-config {path}: not UTF-8 text") from None
+        # Imported here: the client's `batchwire auth` commands import this module too.
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10
+            import tomli as tomllib
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

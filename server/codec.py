@@ -24,8 +24,8 @@ what arrived:
   with a zero dimension: its other dimensions multiplied), so that every byte
   size fits in int64;
 - data that does not fit the shape: raw bytes of another size; for BYTES a
-  malformed length-prefixed buffer, or more elements than the buffer has room
-  for 4-byte prefixes (refused before anything is allocated); typed ``contents``
+  malformed length-prefixed buffer (a shape with more elements than the buffer has
+  bytes is refused before anything is allocated); typed ``contents``
   with another count, in a field that is not the datatype's, or (INT8, INT16,
   UINT8, UINT16, which travel widened) with a value outside the datatype's range;
 - a request parameter Triton defines, of the wrong type or out of range:
@@ -46,8 +46,11 @@ what arrived:
 - a tensor parameter of the shared-memory or classification extensions of the
   wrong type or out of range: ``shared_memory_region`` (string_param),
   ``shared_memory_offset``, ``shared_memory_byte_size`` (int64_param >= 0 or
-  uint64_param), on outputs ``classification`` (int64_param >= 1). Other tensor
-  parameters (``binary_data``, ``binary_data_size``: HTTP's) are passed over.
+  uint64_param), on outputs ``classification`` (int64_param >= 1). Outputs' parameters
+  are always read; inputs' only in a message without ``raw_input_contents`` (where a
+  shared-memory input lands: with raw data for every input, no parameter changes
+  what the data means). Other tensor parameters (``binary_data``,
+  ``binary_data_size``: HTTP's) are passed over.
 
 Well-formed requests for features batchwire lacks are UNIMPLEMENTED: a sequence
 (non-zero or non-empty ``sequence_id``, a true ``sequence_start`` or
@@ -238,8 +241,10 @@ def _decode_tensor(
         )
     if raw is not None:
         if datatype == "BYTES":
-            if count > len(raw) >> 2:
-                # Checked before deserializing, which allocates one slot per element.
+            if count > len(raw):
+                # Deserializing allocates an 8-byte slot per element first: this bounds
+                # that by the message's size. Each element takes at least its 4-byte
+                # prefix, so any count over len(raw) / 4 fails there, more precisely.
                 raise InvalidInputError(
                     f"model '{model}' input '{name}': shape {list(shape)} has {count} BYTES "
                     f"elements, expected at most {len(raw) >> 2} (one 4-byte length prefix "
@@ -299,20 +304,22 @@ def _requested_outputs(
     model: str, outputs: Sequence[pb.ModelInferRequest.InferRequestedOutputTensor]
 ) -> tuple[str, ...]:
     """The requested output names, in order, once each is known to be sane and unique."""
-    names = tuple(out.name for out in outputs)
+    # One pass, reading each output once: as cheap as the tuple of names it replaces.
+    names: list[str] = []
     for out in outputs:
         name = out.name
         if len(name) > MAX_NAME_LENGTH:
             raise _name_too_long(model, "output", name)
         if out.parameters:
             _check_tensor_parameters(model, f"output '{name}'", out.parameters, output=True)
+        names.append(name)
     if len(names) > 1 and len(set(names)) != len(names):
         seen: set[str] = set()
         for name in names:
             if name in seen:
                 raise InvalidInputError(f"model '{model}': output '{name}' is requested twice")
             seen.add(name)
-    return names
+    return tuple(names)
 
 
 def decode_infer_request(
@@ -351,7 +358,10 @@ def decode_infer_request(
                 f"model '{model}' input '{name}': data given both in contents and "
                 "raw_input_contents (use one)"
             )
-        if tensor.parameters:
+        # Only without raw contents, where shared-memory inputs land: with raw data no
+        # tensor parameter changes what the data means, and reading an input's
+        # parameters costs a map wrapper per input on the hot path.
+        if not n_raw and tensor.parameters:
             _check_tensor_parameters(model, f"input '{name}'", tensor.parameters, output=False)
         inputs[name] = _decode_tensor(model, tensor, raw[index] if n_raw else None)
         datatypes[name] = tensor.datatype

@@ -147,6 +147,21 @@ def test_well_formed_tensors_round_trip(tensor: tuple[str, np.ndarray], typed: b
     assert same_data(decoded.inputs[f"IN_{datatype}"], array)
 
 
+def test_a_batching_model_needs_at_least_one_input() -> None:
+    # Found by the property above: every echo input is optional, and a request with
+    # none reached the model with no batch dimension (StopIteration, INTERNAL).
+    with pytest.raises(InferenceError) as err:
+        decode(pb.ModelInferRequest(model_name="echo"), ECHO)
+    assert err.value.code is StatusCode.INVALID_ARGUMENT
+    assert err.value.message.startswith(
+        "model 'echo': the request has no inputs, expected at least one of IN_BOOL, IN_UINT8"
+    )
+    # An unbatched model whose inputs are all optional may be sent none.
+    flat = ModelSpec("flat", "1", "python", 0, FLAT.inputs[1:], FLAT.outputs)
+    decoded, _ = decode(pb.ModelInferRequest(model_name="flat"), flat)
+    assert decoded.inputs == {}
+
+
 # -- end to end ---------------------------------------------------------------------------
 
 ANSWERS = {

@@ -413,8 +413,10 @@ def test_input_shared_memory_parameters_of_the_wrong_type(
     expected: str,
     got: str,
 ) -> None:
-    request = mlp_request()
-    setattr(request.inputs[0].parameters[key], kind, value)
+    # No raw contents: the message a shared-memory client sends.
+    request = pb.ModelInferRequest(model_name="mlp")
+    tensor = request.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 64])
+    setattr(tensor.parameters[key], kind, value)
     assert_refused(
         stub,
         request,
@@ -472,6 +474,15 @@ def test_other_tensor_parameters_are_passed_over(stub: pb_grpc.GRPCInferenceServ
     request = mlp_request()
     request.inputs[0].parameters["binary_data_size"].int64_param = 256
     request.outputs.add(name="OUTPUT__0").parameters["binary_data"].bool_param = True
+    assert_served(stub, request)
+
+
+def test_input_parameters_are_passed_over_when_the_data_is_raw(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # The data is in the message: no input parameter changes what it means.
+    request = mlp_request()
+    request.inputs[0].parameters["shared_memory_region"].int64_param = 1
     assert_served(stub, request)
 
 
