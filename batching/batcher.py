@@ -39,6 +39,24 @@ Concurrency rules:
   reads, results/records it writes) and posts it back with
   ``loop.call_soon_threadsafe``; it never touches the queue, counters or futures.
 - Shared: the Model (runners are per instance), the immutable spec and assembler.
+
+Hang watchdog (config parameter ``batchwire.hang_timeout_ms``, default
+:data:`DEFAULT_HANG_TIMEOUT_MS`, 0 turns it off). A batch that runs on an instance's
+worker thread longer than the timeout marks that instance *hung*: a WARNING names the
+model, version, instance and how long the batch has run, and the observer's optional
+``hang_changed(model, version, hung_instances, new_hang)`` hook is called (the metrics
+gauge ``batchwire_hung_instances``). While *every* instance is hung the model is not
+ready (:attr:`ModelBatcher.hung`; :attr:`ModelBatcher.on_hang_change` tells the
+registry, which reports ModelReady false and health NOT_SERVING) and new requests are
+refused with UNAVAILABLE naming the hang. Requests already queued keep waiting (as
+in Triton, a request with no deadline waits); one whose deadline passes is answered
+DEADLINE_EXCEEDED at its deadline by the usual expiry timer. When a hung batch
+returns, its instance is no longer hung and the model ready again. Python cannot
+stop a thread, so a hung batch is never abandoned; its requests wait for it (or for
+their caller's deadline, which gRPC enforces). Cost: one loop timer per batcher,
+armed only while batches run, ticking every ``min(timeout / 4, 1 s)`` over the
+instances; nothing per request but one integer test in :meth:`ModelBatcher.submit`.
+A batch run inline on the loop thread is not watched: the loop is what would hang.
 """
 
 from __future__ import annotations
@@ -48,7 +66,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import torch
@@ -71,7 +89,7 @@ from batchwire.core.model import Model
 from batchwire.core.observer import BatchObserver, NullObserver
 from batchwire.core.types import InferenceRequest, InferenceResult
 
-__all__ = ["ModelBatcher"]
+__all__ = ["DEFAULT_HANG_TIMEOUT_MS", "HANG_TIMEOUT_KEY", "ModelBatcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +97,31 @@ _monotonic = time.monotonic
 _perf_ns = time.perf_counter_ns
 _thread_ns = time.thread_time_ns
 _INF = float("inf")
+
+#: The config parameter holding the hang timeout (parsed and checked at load).
+HANG_TIMEOUT_KEY = "batchwire.hang_timeout_ms"
+#: A batch running longer than this (milliseconds) marks its instance hung.
+DEFAULT_HANG_TIMEOUT_MS = 60_000
+
+
+def _hang_timeout_ms(parameters: Mapping[str, str], where: str) -> int:
+    """The spec's ``batchwire.hang_timeout_ms`` (the default when absent; 0: off).
+
+    The repository checks the value at load (server/repository/params.py); specs built
+    in code are checked here.
+    """
+    value = parameters.get(HANG_TIMEOUT_KEY)
+    if value is None:
+        return DEFAULT_HANG_TIMEOUT_MS
+    try:
+        millis = int(str(value).strip())
+    except ValueError:
+        millis = -1
+    if millis < 0:
+        raise ModelLoadError(
+            f"{where}: parameter {HANG_TIMEOUT_KEY} must be an integer >= 0, got '{value}'"
+        )
+    return millis
 
 
 class ModelBatcher:
@@ -135,6 +178,14 @@ class ModelBatcher:
         self._policy = DispatchPolicy(delay, batching.adaptive_delay if batching else False)
         self._preserve = bool(batching and batching.preserve_ordering)
         self._pipelined = not self._solo and self._max_items > 1
+        self._hang_ms = _hang_timeout_ms(spec.parameters, self._where)
+        self._hang_s = self._hang_ms / 1000.0
+        self._watch_every = min(self._hang_s / 4.0, 1.0)
+        self._hung = 0  # instances whose running batch is past the hang timeout
+        self._watchdog: asyncio.TimerHandle | None = None
+        #: Called (loop thread, no arguments) whenever an instance becomes hung or
+        #: recovers, so :attr:`hung` (the model's readiness) may have changed.
+        self.on_hang_change: Callable[[], None] | None = None
         self._executor = Executor(spec, self._assembler, record=self._observer is not None)
         execution = spec.execution
         explicit = execution.intra_op_threads or intra_op_threads
@@ -181,6 +232,16 @@ class ModelBatcher:
     def in_flight(self) -> int:
         """Requests submitted and not yet answered: queued, staged or running."""
         return self._in_flight
+
+    @property
+    def hung(self) -> bool:
+        """Every instance is running a batch past the hang timeout (the model is not ready)."""
+        return self._hung > 0 and self._hung == len(self._instances)
+
+    @property
+    def hung_instances(self) -> int:
+        """Instances whose running batch is past the hang timeout now."""
+        return self._hung
 
     @property
     def idle(self) -> bool:
@@ -238,6 +299,10 @@ class ModelBatcher:
                 )
             else:
                 error = ModelNotReadyError(f"{self._where} is not ready (not started)")
+            self._request_finished(request, error)
+            raise error
+        if self._hung and self._hung == len(self._instances):
+            error = ModelNotReadyError(self._hung_message())
             self._request_finished(request, error)
             raise error
         request.timings.received_ns = _perf_ns()
@@ -376,7 +441,9 @@ class ModelBatcher:
 
     def _stageable_instance(self) -> Instance | None:
         for instance in self._instances:
-            if instance.busy == 1:
+            # Not behind a hung batch: there, a staged request would miss its deadline
+            # expiry (only queued requests expire) and wait as long as the hang.
+            if instance.busy == 1 and not instance.hung:
                 return instance
         return None
 
@@ -435,6 +502,8 @@ class ModelBatcher:
         self._jobs += 1
         self._running.add(job)
         instance.pool.submit(self._work, job)
+        if self._hang_s and self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._watch_every, self._watch)
         return False
 
     def _run_job(self, job: Job, catch: type[BaseException]) -> None:
@@ -451,8 +520,14 @@ class ModelBatcher:
         """Worker thread: run the job, then post it back to the loop."""
         if job.threads:
             torch.set_num_threads(job.threads)  # this thread only; 0.2 us
+        instance = job.instance
+        job.started = _monotonic()
+        instance.running = job
         # BaseException too: whatever happens, the job must get back to answer its requests.
-        self._run_job(job, BaseException)
+        try:
+            self._run_job(job, BaseException)
+        finally:
+            instance.running = None
         # RuntimeError: the loop is closed, nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._job_done, job)
@@ -461,6 +536,8 @@ class ModelBatcher:
         """Loop thread: a batch came back from a worker; answer it, then schedule again."""
         self._running.discard(job)
         instance = job.instance
+        if instance.hung:
+            self._recovered(instance, job)
         instance.busy -= 1
         if not instance.busy:
             self._idle += 1
@@ -497,6 +574,70 @@ class ModelBatcher:
         if observer is not None:
             for record in job.records:
                 self._notify(observer.batch_executed, record)
+
+    # -- hang watchdog (loop thread) -----------------------------------------------
+
+    def _watch(self) -> None:
+        """Timer: mark instances whose running batch is past the hang timeout."""
+        self._watchdog = None
+        if self._closed:
+            return
+        now = _monotonic()
+        newly = 0
+        for instance in self._instances:
+            job = instance.running
+            if job is None or instance.hung or now - job.started < self._hang_s:
+                continue
+            instance.hung = True
+            self._hung += 1
+            newly += 1
+            logger.warning(
+                "%s: instance %d (%s) has been running a batch of %d request(s) for %.1f s, "
+                "past %s=%d; reporting the instance hung",
+                self._where,
+                instance.index,
+                instance.device,
+                len(job.entries),
+                now - job.started,
+                HANG_TIMEOUT_KEY,
+                self._hang_ms,
+            )
+        if newly:
+            self._hang_changed(newly)
+        if self._jobs:
+            self._watchdog = self._loop.call_later(self._watch_every, self._watch)
+
+    def _recovered(self, instance: Instance, job: Job) -> None:
+        """A hung instance's batch came back: the instance serves again."""
+        instance.hung = False
+        self._hung -= 1
+        logger.warning(
+            "%s: instance %d (%s) is no longer hung: its batch returned after %.1f s",
+            self._where,
+            instance.index,
+            instance.device,
+            _monotonic() - job.started,
+        )
+        self._hang_changed(0)
+
+    def _hang_changed(self, newly: int) -> None:
+        """Tell the observer and the owner (``newly``: instances that just hung)."""
+        if newly and self.hung:
+            logger.warning("%s: every instance is hung; the model is not ready", self._where)
+        observer = self._observer
+        hook = getattr(observer, "hang_changed", None)  # optional observer method
+        if hook is not None:
+            self._notify(hook, self._spec.name, self._spec.version, self._hung, newly)
+        if self.on_hang_change is not None:
+            self._notify(self.on_hang_change)
+
+    def _hung_message(self) -> str:
+        count = len(self._instances)
+        return (
+            f"{self._where} is not ready: its {count} instance(s) are hung (each has been "
+            f"running a batch for more than {HANG_TIMEOUT_KEY}={self._hang_ms} ms); new "
+            "requests are refused until a batch returns"
+        )
 
     # -- answering (loop thread) ---------------------------------------------------
 
@@ -612,6 +753,9 @@ class ModelBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         loop = asyncio.get_running_loop()
         for instance in self._instances:
             close = getattr(instance.runner, "close", None)
@@ -623,6 +767,11 @@ class ModelBatcher:
             instance.pool.shutdown(wait=not timed_out, cancel_futures=True)
             instance.runner = None
             instance.pinned.clear()
+        if self._hung:  # stopped while hung: this version reports no hang any more
+            for instance in self._instances:
+                instance.hung = False
+            self._hung = 0
+            self._hang_changed(0)
         if timed_out:
             logger.warning("%s: not closing the model: a batch may still be running", self._where)
         else:

@@ -96,10 +96,12 @@ class Instance:
         "busy",
         "cuda",
         "device",
+        "hung",
         "index",
         "pinned",
         "pool",
         "runner",
+        "running",
         "stream",
     )
 
@@ -121,6 +123,11 @@ class Instance:
         self.pinned: dict[str, torch.Tensor] = {}
         #: Batches handed to the worker and not yet reported back (loop thread only).
         self.busy = 0
+        #: The job the worker thread is running now (written by the worker, read by the
+        #: loop's hang watchdog: a plain reference swap, atomic under the GIL).
+        self.running: Job | None = None
+        #: The hang watchdog declared the running batch hung (loop thread only).
+        self.hung = False
 
     # -- worker thread (CUDA staging) ----------------------------------------------
 
@@ -137,7 +144,16 @@ class Instance:
 class Job:
     """One batch on its way through a worker and back (results filled by the worker)."""
 
-    __slots__ = ("cpu_ns", "crash", "entries", "instance", "records", "results", "threads")
+    __slots__ = (
+        "cpu_ns",
+        "crash",
+        "entries",
+        "instance",
+        "records",
+        "results",
+        "started",
+        "threads",
+    )
 
     def __init__(self, instance: Instance, entries: list[Entry]) -> None:
         self.instance = instance
@@ -149,6 +165,8 @@ class Job:
         self.cpu_ns = 0
         #: Intra-op threads the worker runs it with (0: leave the thread's setting).
         self.threads = 0
+        #: time.monotonic() when a worker thread started running it (0.0: not yet).
+        self.started = 0.0
 
 
 class Executor:

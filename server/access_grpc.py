@@ -27,7 +27,7 @@ import grpc
 
 from batchwire.core.errors import InferenceError
 from batchwire.server.access import CURRENT_PRINCIPAL, OPERATIONS, AccessPolicy
-from batchwire.server.status import GRPC_STATUS
+from batchwire.server.status import GRPC_STATUS, describe
 
 __all__ = ["AccessInterceptor", "operation_of"]
 
@@ -78,7 +78,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             try:
                 principal = authorize(operation, context.invocation_metadata(), names)
             except InferenceError as exc:
-                await context.abort(GRPC_STATUS[exc.code], exc.message)
+                await context.abort(GRPC_STATUS[exc.code], describe(exc))
                 raise  # abort() raised already; never reached
             CURRENT_PRINCIPAL.set(principal)
 

@@ -34,6 +34,7 @@ from batchwire.server.repository import ModelRepository
 from batchwire.server.servicer import InferenceServicer
 from batchwire.server.settings import ServerSettings
 from batchwire.server.stages import STAGES
+from batchwire.server.status import DecodeChecked
 from batchwire.telemetry import Telemetry, TraceConfig
 
 if TYPE_CHECKING:
@@ -351,8 +352,9 @@ class BatchwireServer:
             telemetry.access_refusals = access.refusals
         self._health = HealthReporter(self.registry)
         services = GenericHandlersOnly(server)
+        # DecodeChecked: a request that does not parse is INVALID_ARGUMENT, not UNKNOWN.
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane), services
+            InferenceServicer(self.dataplane), DecodeChecked(services)
         )
         from batchwire.protos import health_pb2_grpc
 

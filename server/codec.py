@@ -393,7 +393,11 @@ def encode_infer_response(
 
 
 def stream_error_response(msg: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
-    """A stream's answer to a failed request: ``error_message``, and the request's id."""
+    """A stream's answer to a failed request: ``error_message``, and the request's id.
+
+    ``message`` is sent as given: the servicer passes it through
+    ``status.describe``, which caps its length as for every other status message.
+    """
     return pb.ModelStreamInferResponse(
         error_message=message,
         infer_response=pb.ModelInferResponse(

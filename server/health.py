@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from batchwire.protos import health_pb2, health_pb2_grpc
+from batchwire.server.status import capped
 
 if TYPE_CHECKING:
     from batchwire.server.registry import ModelRegistry
@@ -136,8 +137,11 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         if status is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"health: unknown service '{request.service}' (no health status is reported "
-                "for it; services are '', the inference service and each model name)",
+                capped(
+                    f"health: unknown service '{request.service}' (no health status is "
+                    "reported for it; services are '', the inference service and each model "
+                    "name)"
+                ),
             )
         return health_pb2.HealthCheckResponse(status=status)
 

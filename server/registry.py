@@ -8,6 +8,12 @@ name serializes load/unload of that model.
 Reloads follow Triton's rule: the new versions load next to the serving ones and
 replace them only once up, so a reload drops no traffic; when they fail, a model
 that has a ready version keeps its loaded versions unchanged.
+
+A loaded version whose instances are all hung (the batcher's hang watchdog, config
+parameter ``batchwire.hang_timeout_ms``) is not ready until a batch returns:
+ModelReady says false and listeners (health) are told; it stays the model's
+latest version, so requests reach its batcher, which refuses them naming the hang.
+Server readiness does not change: one stuck model does not take the server down.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import enum
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 from batchwire.batching import ModelBatcher
 from batchwire.core.errors import (
@@ -55,7 +62,10 @@ class ServedModel:
 
     @property
     def ready(self) -> bool:
-        return self.state is ModelState.READY
+        """Loaded, and not every instance hung (see the batcher's hang watchdog)."""
+        return self.state is ModelState.READY and not (
+            self.batcher is not None and self.batcher.hung
+        )
 
 
 @dataclass(slots=True)
@@ -122,7 +132,7 @@ class ModelRegistry:
             raise ModelNotFoundError(
                 f"model '{name}' has no version '{version}' (available versions: {known})"
             )
-        if not served.ready:
+        if served.state is not ModelState.READY:  # hung: the batcher refuses, saying so
             raise ModelNotReadyError(
                 f"model '{name}' version '{version}' is {served.state.value}"
                 + (f": {served.reason}" if served.reason else "")
@@ -295,6 +305,7 @@ class ModelRegistry:
             served.reason = f"{type(exc).__name__}: {exc}"
             log.exception("model '%s' version %s failed to load", source.name, source.version)
             return served
+        batcher.on_hang_change = partial(self._hang_changed, source.name)
         served.batcher = batcher
         served.state = ModelState.READY
         log.info(
@@ -319,6 +330,12 @@ class ModelRegistry:
             served.batcher = None
             served.state = ModelState.UNAVAILABLE
             served.reason = "unloaded"
+
+    def _hang_changed(self, name: str) -> None:
+        """A version's batcher became hung or recovered: readiness may have changed."""
+        entry = self._models.get(name)
+        latest = entry.latest if entry is not None else None
+        self._notify(name, latest is not None and latest.ready)
 
     def _notify(self, name: str, ready: bool) -> None:
         for listener in self._listeners:

@@ -26,13 +26,16 @@ from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 from batchwire.server.access import CURRENT_PRINCIPAL
 from batchwire.server.codec import GRPC_CODEC, stream_error_response
 from batchwire.server.inference_call import Caller, InferenceCall
-from batchwire.server.status import GRPC_STATUS, describe, reports_errors
+from batchwire.server.status import GRPC_STATUS, Undecodable, describe, reports_errors
 from batchwire.server.stream_flow import StreamFlow
 
 if TYPE_CHECKING:
     from batchwire.server.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
+
+#: What a stream's answer to an undecodable request echoes (no model name, no id).
+_NO_REQUEST = pb.ModelInferRequest()
 
 #: LogSettings values: the InferParameter field for each Python type.
 _LOG_FIELDS = {bool: "bool_param", int: "uint32_param", str: "string_param"}
@@ -112,7 +115,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         Responses come in completion order (as in Triton); the request ``id``
         matches them up. A failed request yields ``error_message`` and the
-        stream stays open. Concurrency: one reader task feeds the data plane, and
+        stream stays open; so does a message that does not decode (its answer has no
+        model name and no id: nothing of it could be read). Concurrency: one reader task feeds the data plane, and
         this generator is the only writer.
 
         The stream ends with OK once the caller has closed its side and every
@@ -135,7 +139,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             release = self.dataplane.open_stream(shutting_down)
         except InferenceError as exc:  # past --max-open-streams or shutting down
-            await context.abort(GRPC_STATUS[exc.code], exc.message)
+            await context.abort(GRPC_STATUS[exc.code], describe(exc))
         deadline = _deadline(context)
         caller = Caller(
             "ModelStreamInfer", context.invocation_metadata, context.peer, CURRENT_PRINCIPAL.get()
@@ -166,6 +170,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             nonlocal in_flight, reading
             try:
                 async for msg in request_iterator:
+                    if type(msg) is Undecodable:  # answered in-stream; the stream goes on
+                        flow.read()
+                        done.put_nowait(stream_error_response(_NO_REQUEST, msg.message))
+                        continue
                     in_flight += 1
                     call = InferenceCall(
                         msg,
@@ -191,7 +199,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield response
             if reading:  # ended by the shutdown, not by the caller
                 error = self.dataplane.shutting_down_error()
-                await context.abort(GRPC_STATUS[error.code], error.message)
+                await context.abort(GRPC_STATUS[error.code], describe(error))
             await reader
         finally:
             release()

@@ -16,6 +16,7 @@ prometheus-client's own collectors and are appended.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -135,6 +136,12 @@ class MetricsCollector:
             PlatformCollector(registry=registry)
             GCCollector(registry=registry)
             self._process = registry
+        # The server builds its collector on its event loop; that loop's tasks are
+        # counted at scrape time (None when built off a loop: no gauge).
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     def families(self) -> list[Family]:
         counters = {name: Family(name, "counter", text) for name, text in _TRITON_COUNTERS}
@@ -174,6 +181,11 @@ class MetricsCollector:
             "Failed requests by batchwire reason (rejected, timeout, cancelled, deadline_exceeded, "
             "backend, invalid_argument, unavailable, ...).",
         )
+        hung = Family(
+            "batchwire_hung_instances",
+            "gauge",
+            "Instances running a batch past batchwire.hang_timeout_ms, per model version.",
+        )
         c = counters
         for stats in self._stats():
             labels = {"model": stats.model, "version": stats.version}
@@ -194,6 +206,7 @@ class MetricsCollector:
             c["nv_inference_compute_output_duration_us"].add(
                 labels, stats.compute_output_ns // 1000
             )
+            hung.add(labels, stats.hung_instances)
             levels = dict(stats.depth)
             pending.add(labels, sum(levels.values()))
             for level, count in sorted(levels.items()):
@@ -227,7 +240,16 @@ class MetricsCollector:
             batch_h,
             depth,
             failures,
+            hung,
         ]
+        if self._loop is not None and not self._loop.is_closed():
+            tasks = Family(
+                "batchwire_asyncio_tasks", "gauge", "Unfinished asyncio tasks on the server's loop."
+            )
+            # all_tasks copies the loop's task set before reading it, retrying when the
+            # loop changes it meanwhile: CPython's way to call it from another thread.
+            tasks.add({}, len(asyncio.all_tasks(self._loop)))
+            families.append(tasks)
         families.extend(self._gpu_families())
         families.extend(self._access_families())
         info = Family("batchwire_build_info", "gauge", "batchwire version (always 1).")

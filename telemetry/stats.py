@@ -87,6 +87,8 @@ class ModelStats:
         "fail_count",
         "fail_ns",
         "failures",
+        "hang_events",
+        "hung_instances",
         "inference_count",
         "last_ns",
         "model",
@@ -120,6 +122,9 @@ class ModelStats:
         self.failures: dict[str, int] = {}
         #: priority level -> requests queued
         self.depth: dict[int, int] = {}
+        #: Instances running a batch past the hang timeout now, and hangs seen so far.
+        self.hung_instances = 0
+        self.hang_events = 0
         buckets = len(LATENCY_BUCKETS_NS) + 1
         #: Non-cumulative bucket counts; the last one is +Inf.
         self.request_hist = [0] * buckets
@@ -225,6 +230,11 @@ class ModelObserver:
 
     def queue_changed(self, model: str, version: str, priority: int, depth: int) -> None:
         self.stats.depth[priority] = depth
+
+    def hang_changed(self, model: str, version: str, hung: int, new_hangs: int) -> None:
+        """The batcher's hang watchdog: ``hung`` instances hung now, ``new_hangs`` just now."""
+        self.stats.hung_instances = hung
+        self.stats.hang_events += new_hangs
 
     def _complain(self, where: str) -> None:
         if not self._complained:

@@ -24,6 +24,8 @@ PYTHON_CLASS = "batchwire.python_class"
 INTRA_OP_THREADS = "batchwire.intra_op_threads"
 INLINE_BELOW_US = "batchwire.inline_below_us"
 MAX_INPUT_BYTES = "batchwire.max_input_bytes"
+#: Read by the batcher from ``ModelSpec.parameters`` (batching/batcher.py); checked here.
+HANG_TIMEOUT_MS = "batchwire.hang_timeout_ms"
 
 KNOWN_KEYS = (
     ADAPTIVE_DELAY,
@@ -34,6 +36,7 @@ KNOWN_KEYS = (
     INTRA_OP_THREADS,
     INLINE_BELOW_US,
     MAX_INPUT_BYTES,
+    HANG_TIMEOUT_MS,
 )
 #: keys that only matter with dynamic_batching.
 BATCHING_KEYS = (ADAPTIVE_DELAY, RAGGED_PAD_VALUE, RETRY_BY_HALVES, SPLIT_ON_OOM)
@@ -57,6 +60,9 @@ class BatchwireOptions:
     inline_below_us: int | None = None
     #: Largest input tensor a request may carry, in bytes (None: no limit).
     max_input_bytes: int | None = None
+    #: A batch running longer than this many milliseconds marks its instance hung
+    #: (0: never; None: the batcher's default, 60000).
+    hang_timeout_ms: int | None = None
 
 
 def _field(key: str) -> str:
@@ -136,4 +142,5 @@ def parse_options(config: mc.ModelConfig, path: object) -> BatchwireOptions:
         intra_op_threads=integer(INTRA_OP_THREADS, 1),
         inline_below_us=integer(INLINE_BELOW_US, 0),
         max_input_bytes=integer(MAX_INPUT_BYTES, 1),
+        hang_timeout_ms=integer(HANG_TIMEOUT_MS, 0),
     )

@@ -12,7 +12,7 @@ names another, constructible without arguments::
             '''Required. One batch: inputs keyed by config name, batch dimension first
             (when max_batch_size > 0), numeric inputs as torch tensors on ``device``,
             TYPE_STRING (BYTES) inputs as numpy object arrays of ``bytes``. Return every
-            config output by name, batch dimension first, as a tensor (any device) or a
+            config output by name and no other name, batch dimension first, as a tensor (any device) or a
             numpy array (object arrays of bytes/str for TYPE_STRING outputs).'''
 
         def finalize(self) -> None:
@@ -118,6 +118,14 @@ class PythonRunner:
             raise ModelExecutionError(
                 f"{self._where}: execute() returned no output(s) {', '.join(missing)} "
                 f"(got {', '.join(map(str, result)) or 'none'})"
+            )
+        if len(result) != len(spec.outputs):
+            # Raised here, not dropped: the caller would never learn the model and its
+            # config disagree (same wording as the batcher's output check).
+            undeclared = [str(name) for name in result if name not in spec.output_map]
+            raise ModelExecutionError(
+                f"{self._where}: execute() returned output(s) {', '.join(undeclared)} that "
+                f"the config does not declare (declared: {', '.join(t.name for t in spec.outputs)})"
             )
         return {t.name: reshape_output(spec, t, result[t.name]) for t in spec.outputs}
 

@@ -10,7 +10,9 @@ Inputs follow Triton's PyTorch backend:
 
 Outputs: a single tensor is the single output; a tuple or list maps
 positionally (by ``__<i>`` index when every output is named so, else in
-config order); a dict maps by name. A mismatch raises a
+config order); a dict maps by name and must hold exactly the declared outputs (a
+name the config does not declare is an error, never silently dropped). A mismatch
+raises a
 :class:`~batchwire.core.errors.ModelExecutionError` naming what was expected
 and what the model returned.
 
@@ -165,6 +167,12 @@ def bind_outputs(spec: ModelSpec, result: object, where: object) -> TensorDict:
             raise ModelExecutionError(
                 f"{where}: the model's result has no output(s) {one_of(missing)} "
                 f"(got keys {one_of(result) or 'none'})"
+            )
+        if len(result) != len(names):
+            undeclared = [str(key) for key in result if key not in spec.output_map]
+            raise ModelExecutionError(
+                f"{where}: the model returned output(s) {one_of(undeclared)} that the config "
+                f"does not declare (declared: {one_of(names)})"
             )
         outputs = {name: result[name] for name in names}
     else:

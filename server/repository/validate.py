@@ -214,6 +214,10 @@ def _check_batching(config: mc.ModelConfig, path: object) -> None:
 def _check_instance_groups(config: mc.ModelConfig, path: object) -> None:
     for index, group in enumerate(config.instance_group):
         field = f"instance_group[{index}]"
+        # proto3 enums are open: a number outside Kind parses and must be refused here.
+        if group.kind not in mc.ModelInstanceGroup.Kind.values():
+            kinds = ", ".join(mc.ModelInstanceGroup.Kind.keys())
+            raise load_error(path, f"{field}.kind", f"{group.kind} is not one of {kinds}")
         if group.count < 1:
             raise load_error(path, f"{field}.count", f"must be >= 1, got {group.count}")
         if group.kind == mc.ModelInstanceGroup.KIND_CPU and group.gpus:
