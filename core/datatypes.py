@@ -12,6 +12,7 @@ client machine need not have torch.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -56,6 +57,32 @@ _NUMPY_TO_V2: dict[np.dtype, str] = {
     dt: name for name, dt in NUMPY_DTYPES.items() if name not in ("BF16", "BYTES")
 }
 _LENGTH = struct.Struct("<I")
+
+
+#: The largest finite value of the floating datatypes (BF16 shares FP32's exponent).
+_FLOAT_MAX = {"FP16": 65504.0, "BF16": 3.3895313892515355e38, "FP32": 3.4028234663852886e38}
+
+
+def fill_value_problem(value: float, datatype: str) -> str | None:
+    """Why ``value`` cannot fill a tensor of ``datatype``, or None when it can.
+
+    What numpy's ``fill`` would refuse or turn into something else than a number of
+    the same size: an integer type takes a finite value within its range (a fraction
+    is truncated toward zero), a float type a magnitude within its range (or an
+    infinity, or NaN). BOOL takes any value (non-zero is true) and BYTES is filled
+    with empty elements whatever the value.
+    """
+    if datatype in ("BYTES", "FP64", "BOOL"):
+        return None
+    if datatype in _FLOAT_MAX:
+        limit = _FLOAT_MAX[datatype]
+        if math.isfinite(value) and abs(value) > limit:
+            return f"expected a magnitude up to {limit:g}"
+        return None
+    info = np.iinfo(NUMPY_DTYPES[datatype])
+    if not (math.isfinite(value) and info.min <= math.trunc(value) <= info.max):
+        return f"expected a value from {info.min} to {info.max}"
+    return None
 
 
 def is_known(datatype: str) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
 
-from batchwire.core.datatypes import is_known
+from batchwire.core.datatypes import fill_value_problem, is_known
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -208,6 +208,15 @@ class ModelSpec:
             raise ValueError(f"max_input_bytes must be >= 0, got {self.max_input_bytes}")
         if self.batching is not None and self.max_batch_size == 0:
             raise ValueError("dynamic_batching needs max_batch_size > 0")
+        if self.batching is not None:
+            pad = self.batching.ragged_pad_value
+            for t in self.inputs:
+                problem = fill_value_problem(pad, t.datatype) if t.allow_ragged_batch else None
+                if problem is not None:
+                    raise ValueError(
+                        f"batchwire.ragged_pad_value {pad:g} cannot pad ragged input "
+                        f"'{t.name}' ({t.datatype}): {problem}"
+                    )
         for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
             names = [t.name for t in tensors]
             duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from batchwire.batching.assembly import AssembledBatch, Assembler, OutputError
-from batchwire.core.datatypes import NUMPY_DTYPES
+from batchwire.core.datatypes import NUMPY_DTYPES, fill_value_problem
 from batchwire.core.spec import BatchingSpec, ModelSpec, TensorSpec
 from batchwire.core.types import InferenceRequest
 
@@ -89,9 +89,11 @@ def cases(draw: st.DrawFn) -> Case:
     shapes: list[list[tuple[int, ...]] | None] = []
     for index in range(draw(st.integers(1, 3))):
         dims = tuple(draw(st.lists(st.sampled_from([-1, 1, 2, 3]), min_size=1, max_size=3)))
-        ragged = batched and -1 in dims and draw(st.booleans())
-        optional = index > 0 and draw(st.integers(0, 3)) == 0
         datatype = draw(st.sampled_from(DATATYPES))
+        # A pad value the datatype cannot hold is refused by ModelSpec (tested below).
+        fits = fill_value_problem(pad, datatype) is None
+        ragged = batched and -1 in dims and fits and draw(st.booleans())
+        optional = index > 0 and draw(st.integers(0, 3)) == 0
         tensors.append(
             TensorSpec(f"I{index}", datatype, dims, optional=optional, allow_ragged_batch=ragged)
         )
@@ -321,22 +323,27 @@ def test_requests_differing_outside_ragged_axes_never_share_a_key(case: Case) ->
             assert assembler.shape_key(without) != key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="bug: batchwire.ragged_pad_value is not checked against the ragged inputs' "
-    "datatypes; -1 for a UINT8 input (or 1e300 for an INT32 one) loads, then every padded "
-    "batch fails in Assembler._pad with numpy's OverflowError",
+@pytest.mark.parametrize(
+    ("datatype", "pad", "problem"),
+    [
+        ("UINT8", -1.0, "expected a value from 0 to 255"),
+        ("INT32", 1e300, "expected a value from -2147483648 to 2147483647"),
+        ("INT64", float("inf"), "expected a value from"),
+        ("FP16", 1e6, "expected a magnitude up to 65504"),
+    ],
 )
-def test_a_pad_value_that_does_not_fit_the_datatype_is_refused_before_a_batch_runs() -> None:
-    spec = ModelSpec(
-        name="fuzz",
-        version="1",
-        platform="python",
-        max_batch_size=4,
-        inputs=(TensorSpec("I0", "UINT8", (-1,), allow_ragged_batch=True),),
-        outputs=(TensorSpec("OUT_I0", "UINT8", (-1,)),),
-        batching=BatchingSpec(ragged_pad_value=-1.0),
-    )
-    requests = [InferenceRequest(inputs={"I0": np.ones((1, n), np.uint8)}) for n in (1, 2)]
-    Assembler(spec).assemble(requests, [1, 1])
+def test_a_pad_value_that_does_not_fit_the_datatype_is_refused_before_a_batch_runs(
+    datatype: str, pad: float, problem: str
+) -> None:
+    """Found by fuzzing: such a pad value used to load, then fail every padded batch."""
+    with pytest.raises(ValueError, match=problem) as info:
+        ModelSpec(
+            name="fuzz",
+            version="1",
+            platform="python",
+            max_batch_size=4,
+            inputs=(TensorSpec("I0", datatype, (-1,), allow_ragged_batch=True),),
+            outputs=(TensorSpec("OUT_I0", datatype, (-1,)),),
+            batching=BatchingSpec(ragged_pad_value=pad),
+        )
+    assert f"cannot pad ragged input 'I0' ({datatype})" in str(info.value)
