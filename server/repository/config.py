@@ -62,6 +62,10 @@ def parse_config_text(text: str, path: object) -> mc.ModelConfig:
             problem = problem[len(prefix) :]
         where = f" at line {line}, column {column}" if line is not None else ""
         raise load_error(path, "", f"malformed text format{where}: {problem}") from None
+    except ValueError as exc:
+        # The parser lets some values through to the message, which refuses them
+        # ("Value out of range" for an enum given as a huge number; found by fuzzing).
+        raise load_error(path, "", f"malformed text format: {exc}") from None
     return config
 
 

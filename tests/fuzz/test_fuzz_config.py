@@ -314,3 +314,14 @@ def test_an_unknown_instance_group_kind_is_a_load_error(repository: ConfigReposi
     entry = repository.repository.discover_model("multi")
     assert entry.error is not None
     assert "instance_group[0].kind: 17 is not one of KIND_AUTO" in entry.error
+
+
+def test_an_enum_given_as_a_huge_number_is_a_load_error() -> None:
+    """Found by the atheris config target: protobuf's parser raised a bare ValueError."""
+    from batchwire.core.errors import ModelLoadError
+    from batchwire.server.repository.config import parse_config_text
+
+    text = 'input { name: "x" data_type: 99999999999999999999999 dims: [ 1 ] }'
+    with pytest.raises(ModelLoadError, match="malformed text format: Value out of range") as info:
+        parse_config_text(text, "m/config.pbtxt")
+    assert str(info.value).startswith("m/config.pbtxt: ")
