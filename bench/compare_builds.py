@@ -75,6 +75,24 @@ SCENARIOS = (
 )
 
 
+def scenarios_named(text: str) -> tuple[Scenario, ...]:
+    """The scenarios a comma-separated list names; ValueError naming an unknown one."""
+    known = {s.name: s for s in SCENARIOS}
+    names = text.split(",")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown scenarios {unknown}; choose among {', '.join(known)}")
+    return tuple(known[name] for name in names)
+
+
+def perf_analyzer_binary(given: str | None) -> str:
+    """``given``, else the one scripts/install-perf-analyzer.sh installed, else the usual
+    lookup (:func:`~batchwire.bench.tracing_overhead.find_perf_analyzer`)."""
+    return find_perf_analyzer(
+        given or (str(INSTALLED_PERF_ANALYZER) if INSTALLED_PERF_ANALYZER.exists() else None)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Build:
     """Code to serve: ``pythonpath`` None is this checkout, else a folder holding batchwire."""
@@ -362,10 +380,7 @@ def run(
     scenarios: tuple[Scenario, ...] = SCENARIOS,
 ) -> dict:
     """Measure both builds alternately; write the JSON and the plot; return the result."""
-    binary = find_perf_analyzer(
-        perf_analyzer
-        or (str(INSTALLED_PERF_ANALYZER) if INSTALLED_PERF_ANALYZER.exists() else None)
-    )
+    binary = perf_analyzer_binary(perf_analyzer)
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="batchwire-compare-"))
     try:
@@ -425,11 +440,10 @@ def main() -> None:
         help=f"comma-separated subset of {', '.join(s.name for s in SCENARIOS)}",
     )
     args = parser.parse_args()
-    known = {s.name: s for s in SCENARIOS}
-    unknown = [name for name in args.scenarios.split(",") if name not in known]
-    if unknown:
-        parser.error(f"unknown scenarios {unknown}; choose among {', '.join(known)}")
-    chosen = tuple(known[name] for name in args.scenarios.split(","))
+    try:
+        chosen = scenarios_named(args.scenarios)
+    except ValueError as exc:
+        parser.error(str(exc))
     result = run(
         args.base,
         args.new,

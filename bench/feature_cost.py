@@ -40,15 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from batchwire.bench.compare_builds import (
-    INSTALLED_PERF_ANALYZER,
     SCENARIOS,
     Build,
     BuildServer,
     alternate,
+    perf_analyzer_binary,
     plot,
+    scenarios_named,
     summarize,
 )
-from batchwire.bench.tracing_overhead import find_perf_analyzer
 
 #: on / off throughput at 32 in flight a feature must keep (issue 16: authorization).
 TARGET_RATIO = 0.95
@@ -110,12 +110,8 @@ def run(
     scenarios: Sequence[str] = ("c32_unary", "c1_unary"),
 ) -> dict[str, Any]:
     """Measure the feature off and on alternately; write JSON and plot; return the result."""
-    binary = find_perf_analyzer(
-        perf_analyzer
-        or (str(INSTALLED_PERF_ANALYZER) if INSTALLED_PERF_ANALYZER.exists() else None)
-    )
-    known = {s.name: s for s in SCENARIOS}
-    chosen = tuple(known[name] for name in scenarios)
+    binary = perf_analyzer_binary(perf_analyzer)
+    chosen = scenarios_named(",".join(scenarios))
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="batchwire-feature-"))
     try:
@@ -178,10 +174,10 @@ def main() -> None:
         help=f"comma-separated subset of {', '.join(s.name for s in SCENARIOS)}",
     )
     args = parser.parse_args()
-    names = args.scenarios.split(",")
-    unknown = [n for n in names if n not in {s.name for s in SCENARIOS}]
-    if unknown:
-        parser.error(f"unknown scenarios {unknown}")
+    try:
+        scenarios_named(args.scenarios)
+    except ValueError as exc:
+        parser.error(str(exc))
     result = run(
         FEATURES[args.feature],
         rounds=args.rounds,
@@ -189,7 +185,7 @@ def main() -> None:
         model=args.model,
         out=args.out,
         perf_analyzer=args.perf_analyzer,
-        scenarios=names,
+        scenarios=args.scenarios.split(","),
     )
     for name, figures in result["summary"].items():
         print(
