@@ -68,7 +68,7 @@ from batchwire.core.errors import (
 from batchwire.core.metadata import ModelMetadata, RepositoryEntry, ServerMetadata, TensorMetadata
 from batchwire.core.validation import expected_shape
 from batchwire.server.inference_call import UNREAD, InferenceCall
-from batchwire.server.limits import OpenStreams
+from batchwire.server.limits import InFlight, OpenStreams
 from batchwire.server.model_control import ModelControlMode, check_control_allowed
 from batchwire.server.pipeline import Pipeline, StageFactory
 from batchwire.server.registry import ModelRegistry, ServedModel
@@ -151,9 +151,8 @@ class DataPlane:
         #: Triton's model control mode: whether load/unload requests are allowed.
         self.model_control_mode = ModelControlMode(model_control_mode)
         #: Caps on inference requests in flight, in the server and per connection
-        #: (0: none), enforced by the admit stage (batchwire.server.limits).
-        self.max_inflight_requests = max_inflight_requests
-        self.max_inflight_requests_per_connection = max_inflight_requests_per_connection
+        #: (0: none), and their counts; enforced by the admit stage (batchwire.server.limits).
+        self.request_caps = InFlight(max_inflight_requests, max_inflight_requests_per_connection)
         #: Streams open at once in the whole server (0: no cap); see open_stream().
         self.streams = OpenStreams(max_open_streams)
         #: Who may call what (batchwire.server.access); None: everyone may do anything.

@@ -26,15 +26,15 @@ Rules
   connections with requests in flight (at most ``max_inflight_requests`` of them
   when that is set).
 
-The counts are shared by every chain of one data plane (chains are rebuilt when a
-model reloads; requests in flight through the old chain still release theirs).
+The counts are the data plane's (``DataPlane.request_caps``), shared by every chain
+(chains are rebuilt when a model reloads; requests in flight through the old chain
+still release theirs).
 
 Concurrency: loop thread only; counts change only between awaits.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -172,26 +172,16 @@ class Admit(Stage):
             counts.leave(peer)
 
 
-#: Each data plane's counts, shared by all its chains (and gone with the plane).
-_COUNTS: weakref.WeakKeyDictionary[DataPlane, InFlight] = weakref.WeakKeyDictionary()
-
-
 def in_flight(plane: DataPlane) -> InFlight | None:
-    """``plane``'s counts, or None while no chain of it has an :class:`Admit` stage."""
-    return _COUNTS.get(plane)
+    """``plane``'s counts, or None when it caps nothing (no chain has an :class:`Admit`)."""
+    counts = plane.request_caps
+    return counts if counts.limit or counts.per_connection_limit else None
 
 
 def admit(plane: DataPlane, model: str | None) -> Stage | None:
     """An :class:`Admit` stage when ``plane`` caps requests in flight, else nothing.
 
-    The caps are the data plane's ``max_inflight_requests`` and
-    ``max_inflight_requests_per_connection`` (0: no cap).
+    The caps and the counts every chain of the plane shares are its ``request_caps``.
     """
-    limit = plane.max_inflight_requests
-    per_connection = plane.max_inflight_requests_per_connection
-    if not limit and not per_connection:
-        return None
-    counts = _COUNTS.get(plane)
-    if counts is None:
-        counts = _COUNTS[plane] = InFlight(limit, per_connection)
-    return Admit(counts)
+    counts = in_flight(plane)
+    return None if counts is None else Admit(counts)
