@@ -56,7 +56,9 @@ stop a thread, so a hung batch is never abandoned; its requests wait for it (or 
 their caller's deadline, which gRPC enforces). Cost: one loop timer per batcher,
 armed only while batches run, ticking every ``min(timeout / 4, 1 s)`` over the
 instances; nothing per request but one integer test in :meth:`ModelBatcher.submit`.
-A batch run inline on the loop thread is not watched: the loop is what would hang.
+A batch run inline on the loop thread blocks the loop, timers included: a thread
+watches those instead (:mod:`batchwire.batching.inline_watch`: a WARNING and the
+``batchwire_event_loop_blocked_seconds`` gauge, since nothing on the loop can answer).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ import torch
 from batchwire.batching.assembly import Assembler
 from batchwire.batching.devices import resolve_devices, usable_cores
 from batchwire.batching.executor import Executor, Instance, Job
+from batchwire.batching.inline_watch import InlineBatches
 from batchwire.batching.placement import Placement
 from batchwire.batching.policy import DispatchPolicy
 from batchwire.batching.queue import DONE, QUEUED, TAKEN, Entry, RequestQueue
@@ -194,6 +197,10 @@ class ModelBatcher:
             execution.inline_below_us,
             explicit or max(1, usable_cores() // max(cpu_instances, 1)),
             adaptive=explicit is None,
+        )
+        # Batches run inline are watched from a thread (the loop timer cannot fire).
+        self._inline = InlineBatches(
+            spec.name, spec.version, self._hang_s if execution.inline_below_us else 0.0
         )
 
         # Set by start(); nothing reads it before (submit refuses until then).
@@ -353,6 +360,13 @@ class ModelBatcher:
                     self._schedule()
             return await entry.future
         except asyncio.CancelledError:
+            future = entry.future
+            if future.done() and not future.cancelled():
+                # Failed (a queue expiry, a stop) while this task waited in the yield
+                # above, then cancelled before it resumed: nobody else reads the outcome.
+                # Reading it keeps asyncio from logging "Future exception was never
+                # retrieved" (the soak's server log is checked for ERROR records).
+                future.exception()
             self._withdraw(entry)
             raise
 
@@ -491,7 +505,12 @@ class ModelBatcher:
             if not instance.busy and placement.run_inline():
                 # One intra-op thread: parallel regions cost more than such batches take.
                 torch.set_num_threads(1)
-                self._run_job(job, Exception)
+                inline = self._inline
+                inline.running()
+                try:
+                    self._run_job(job, Exception)
+                finally:
+                    inline.returned()
                 placement.record_inline(job.cpu_ns)
                 self._complete(job)
                 return True

@@ -1,39 +1,63 @@
 """Soak: a bounded run of mixed, partly hostile load that checks nothing is lost or leaks.
 
-``python -m batchwire.bench.soak [--out results/soak] [--seconds 180] [--warmup 30]
-[--short] [--workers 12] [--streams 4] [--seed 0]``
+``batchwire soak`` or ``python -m batchwire.bench.soak`` ``[--out results/soak]
+[--seconds 180] [--warmup 30] [--short] [--workers 12] [--streams 4] [--seed 0]``
 
 One ``batchwire serve`` subprocess on loopback, ``--model-control-mode explicit
 --load-model '*'``, serving every example model (exported into a temporary
-repository), under load from this process for ``--seconds`` (default 180; ``--short``:
-25, for CI); it stops by itself. The load:
+repository) and the soak's own faulty model (below), under load from this process for
+``--seconds`` (default 180; ``--short``: 25, for CI); it stops by itself. The load:
 
 * ``--workers`` closed-loop unary ModelInfer callers and ``--streams`` ModelStreamInfer
   callers (each stream sends bursts of 1-8 requests and reads their answers, then
-  closes after 1-20 bursts), each request to an example model chosen at random.
-* Request kinds (unary): ``ok`` 70 %; ``malformed`` 10 % (a wrong dimension where
+  closes after 1-20 bursts), each request to a model chosen at random (a ``fault``
+  request: to ``soak-faulty``).
+* Request kinds (unary): ``ok`` 66 %; ``malformed`` 10 % (a wrong dimension where
   the model has a fixed one, an extra dimension, a wrong datatype, a wrong byte
   count, a missing input, an unknown input; each variant is tried once before the
   load and must be INVALID_ARGUMENT); ``unknown_model`` 4 %; ``deadline`` 8 % (a gRPC
-  deadline of 0.5-5 ms); ``cancel`` 8 % (the client cancels the call after 0-4 ms).
-  Streams carry ``ok`` 85 %, ``malformed`` 10 % and ``unknown_model`` 5 %, and one
-  stream in five is cancelled by the client with requests in flight.
+  deadline of 0.5-5 ms); ``cancel`` 8 % (the client cancels the call after 0-4 ms);
+  ``fault`` 4 %. Streams carry ``ok`` 82 %, ``malformed`` 10 %, ``unknown_model`` 5 %
+  and ``fault`` 3 %, and one stream in five is cancelled by the client with requests
+  in flight.
+* The faulty model ``soak-faulty`` (backend ``python``, written into the repository by
+  the soak: inputs ``X`` FP32 [4] and ``FAULT`` INT32 [1], output ``Y`` FP32 [4], one
+  CPU instance, dynamic batching up to 8, ``batchwire.retry_by_halves`` on) answers
+  ``Y = 2 X`` unless ``FAULT`` holds a fault's marker. Fault variants (``FAULTS``),
+  each tried once before the load, then chosen at random (unary: all four; streams:
+  all but ``sleep``, a stream having no per-request deadline): ``raise`` (execute()
+  raises; INTERNAL "model 'soak-faulty' version '1' failed: RuntimeError: injected
+  fault 'raise'"), ``wrong_shape`` (Y of [n, 5]; INTERNAL from batchwire's output
+  check, "output 'Y' has shape [n, 5], expected [n, 4]"), ``wrong_dtype`` (Y as
+  float64; INTERNAL "output 'Y' has datatype FP64 (torch.float64), expected FP32"),
+  ``sleep`` (execute() sleeps 50 ms, the call has a gRPC deadline of 5-20 ms;
+  DEADLINE_EXCEEDED). Batches mix requests: a batch holding a ``raise`` marker
+  fails and batchwire retries it by halves until the raising request is alone, so
+  its batch-mates still get OK; the output check fails a whole batch and is not
+  retried, so the model returns a wrong shape (dtype) only when every request of the
+  batch asks for it, and raises when a batch mixes such markers with other requests
+  (the halves are retried); a ``sleep`` batch answers after 50 ms, its batch-mates
+  OK. Requests of the other kinds go to ``soak-faulty`` too and are judged as for
+  any model.
 * A reloader unloads a random model (RepositoryModelUnload), waits 0.05-0.5 s and
   loads it again (RepositoryModelLoad), every ``reload_every`` seconds or so.
 
 Outcomes, one per request: ``OK``, ``INVALID_ARGUMENT``, ``NOT_FOUND``,
-``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``CANCELLED``, ``LOST`` (no answer within
-``ANSWER_BOUND_S``: the client then cancels it) and ``OTHER``. An answer counts as
-its status only where the request's kind allows it: ``ok`` -> OK; ``malformed`` ->
+``UNAVAILABLE``, ``INTERNAL``, ``DEADLINE_EXCEEDED``, ``CANCELLED``, ``LOST`` (no answer
+within ``ANSWER_BOUND_S``: the client then cancels it) and ``OTHER``. An answer counts
+as its status only where the request's kind allows it: ``ok`` -> OK; ``malformed`` ->
 INVALID_ARGUMENT; ``unknown_model`` -> NOT_FOUND; ``deadline`` -> OK or
 DEADLINE_EXCEEDED; ``cancel`` -> OK or CANCELLED, CANCELLED only when the client's
-own ``cancel()`` took effect; and UNAVAILABLE for any kind but ``unknown_model``
-only when the call overlapped an unload/load of its model. Everything else is
-``OTHER`` (an OK answer with the wrong model name or number of outputs included),
-and a sample of them is kept in the JSON. Stream answers carry no status code: an
-error message counts as the code its unary twin got in the probes (the same
-malformed request or unknown model), or as UNAVAILABLE when it says the model has no
-ready version.
+own ``cancel()`` took effect; ``fault`` -> its variant's status, with a message that
+names the fault (the variant's words above; for ``sleep``, "deadline"); and
+UNAVAILABLE for any kind but ``unknown_model`` only when the call overlapped an
+unload/load of its model. Everything else is ``OTHER`` (an OK answer with the wrong
+model name or number of outputs included), and a sample of them is kept in the JSON.
+Stream answers carry no status code: an error message counts as the code its unary
+twin got in the probes (the same malformed request or unknown model), as the fault's
+status when it holds the fault's words (the shape message names the batch size, so
+it is not matched whole), or as UNAVAILABLE when it says the model has no ready
+version.
 
 Phases: probes; warm-up (``--warmup`` seconds of the same load, reloads included);
 a pause (traffic stops, the server goes quiet: no statistics change for 0.5 s and no
@@ -47,7 +71,11 @@ Checks (each reported pass/fail in the JSON; the exit status is 1 when any fails
   ``streams_end_ok``: every stream the client closed (not cancelled) ended with OK;
   ``reloads``: at least one unload/load cycle, none refused;
   ``probes``: every malformed variant got INVALID_ARGUMENT, the unknown model
-  NOT_FOUND.
+  NOT_FOUND, every fault variant its status and a message naming the fault.
+* ``server_log_clean``: the server's log holds no ERROR or CRITICAL record (its
+  count and most common messages are in the JSON and printed). None is expected:
+  batchwire logs a model's failures at WARNING, and cancellations, deadlines and
+  malformed requests are the callers' business.
 * ``statistics_match_metrics`` per model: ModelStatistics success and fail counts
   equal /metrics' ``nv_inference_request_success`` and the sum of
   ``batchwire_request_failures_total``, read at the same quiet moment.
@@ -57,6 +85,9 @@ Checks (each reported pass/fail in the JSON; the exit status is 1 when any fails
 * ``invalid_matches_client`` per model: client INVALID_ARGUMENT <= the server's
   ``invalid_argument`` failures <= that + the malformed requests the client gave up on
   (those in a stream it cancelled, or LOST); without cancelled streams it is exact.
+* ``internal_matches_client`` per model: client INTERNAL <= the server's ``backend``
+  failures <= that + the fault requests the client gave up on (in a stream it
+  cancelled, a ``sleep`` past its deadline, or LOST); 0 for the example models.
 * ``abandoned_within_client`` per model: the server's ``cancelled`` +
   ``deadline_exceeded`` failures <= the client's CANCELLED + DEADLINE_EXCEEDED + LOST
   (a cancellation may or may not reach the model).
@@ -70,13 +101,11 @@ Checks (each reported pass/fail in the JSON; the exit status is 1 when any fails
   reported as not measured where a server lacks it). Off Linux the /proc figures are
   not measured and their checks are skipped.
 
-The server's log is scanned for ERROR and CRITICAL records; their count and most
-common messages are reported in the JSON and printed, not checked.
-
-Writes ``soak.json`` (everything above, the resource and throughput samples once a
-second) and ``soak.png`` (RSS and answers per second over time) into ``--out``, and
-the server's log as ``soak-server.log``. Figures depend on the machine; no timing is
-asserted.
+Writes ``soak.json`` (everything above; requests by outcome, kind, model, malformed
+and fault variant, ``faults_injected`` and ``malformed_tried`` with the probes
+counted; the resource and throughput samples once a second) and ``soak.png`` (RSS
+and answers per second over time) into ``--out``, and the server's log as
+``soak-server.log``. Figures depend on the machine; no timing is asserted.
 """
 
 from __future__ import annotations
@@ -110,12 +139,14 @@ OUTCOMES = (
     "INVALID_ARGUMENT",
     "NOT_FOUND",
     "UNAVAILABLE",
+    "INTERNAL",
     "DEADLINE_EXCEEDED",
     "CANCELLED",
     "LOST",
     "OTHER",
 )
-#: Request kind -> the outcomes it may get (UNAVAILABLE also needs a reload overlap).
+#: Request kind -> the outcomes it may get (UNAVAILABLE also needs a reload overlap);
+#: a ``fault`` request may get its variant's code (:data:`FAULTS`) or UNAVAILABLE.
 ALLOWED: dict[str, frozenset[str]] = {
     "ok": frozenset({"OK", "UNAVAILABLE"}),
     "malformed": frozenset({"INVALID_ARGUMENT", "UNAVAILABLE"}),
@@ -123,8 +154,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     "deadline": frozenset({"OK", "DEADLINE_EXCEEDED", "UNAVAILABLE"}),
     "cancel": frozenset({"OK", "CANCELLED", "UNAVAILABLE"}),
 }
-UNARY_KINDS = (("ok", 70), ("malformed", 10), ("unknown_model", 4), ("deadline", 8), ("cancel", 8))
-STREAM_KINDS = (("ok", 85), ("malformed", 10), ("unknown_model", 5))
+UNARY_KINDS = (
+    ("ok", 66),
+    ("malformed", 10),
+    ("unknown_model", 4),
+    ("deadline", 8),
+    ("cancel", 8),
+    ("fault", 4),
+)
+STREAM_KINDS = (("ok", 82), ("malformed", 10), ("unknown_model", 5), ("fault", 3))
 STREAM_CANCEL_SHARE = 0.2
 UNKNOWN_MODEL = "soak-no-such-model"
 #: Seconds a request may go unanswered before it counts as LOST.
@@ -161,6 +199,106 @@ DEFAULT = Plan(seconds=180.0, warmup=30.0, reload_every=2.0, workers=12, streams
 SHORT = Plan(seconds=25.0, warmup=6.0, reload_every=1.0, workers=12, streams=4)
 
 
+# -- the faulty model ----------------------------------------------------------------------
+
+#: The soak's own model, written into the temporary repository next to the examples.
+FAULTY_MODEL = "soak-faulty"
+
+_FAULTY_CONFIG = f"""\
+name: "{FAULTY_MODEL}"
+backend: "python"
+max_batch_size: 8
+input {{ name: "X" data_type: TYPE_FP32 dims: [ 4 ] }}
+input {{ name: "FAULT" data_type: TYPE_INT32 dims: [ 1 ] }}
+output {{ name: "Y" data_type: TYPE_FP32 dims: [ 4 ] }}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+dynamic_batching {{ max_queue_delay_microseconds: 500 }}
+parameters {{ key: "batchwire.retry_by_halves" value: {{ string_value: "true" }} }}
+parameters {{ key: "batchwire.inline_below_us" value: {{ string_value: "0" }} }}
+"""
+
+#: MARKERS becomes those of :data:`FAULTS` (negative: a well-formed request's FAULT is a
+#: random 1-999, no fault).
+_FAULTY_SOURCE = """\
+import time
+
+import torch
+
+RAISE, WRONG_SHAPE, WRONG_DTYPE, SLEEP = MARKERS
+
+
+class BatchwireModel:
+    def execute(self, inputs):
+        x, fault = inputs["X"], inputs["FAULT"][:, 0]
+        if bool((fault == RAISE).any()):
+            raise RuntimeError("injected fault 'raise'")
+        shape, dtype = fault == WRONG_SHAPE, fault == WRONG_DTYPE
+        if bool(shape.all()):
+            return {"Y": torch.zeros(x.shape[0], 5)}
+        if bool(dtype.all()):
+            return {"Y": (x * 2).double()}
+        if bool((shape | dtype).any()):
+            # The output check fails a whole batch and is not retried by halves, so a
+            # batch mixing these markers with other rows raises instead: the halves
+            # are retried until each fault is alone with its own kind.
+            raise RuntimeError("a batch mixing wrong-output markers with other rows")
+        if bool((fault == SLEEP).any()):
+            time.sleep(0.05)
+        return {"Y": x * 2}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One fault variant: its marker, the status it must get, words its message must hold."""
+
+    marker: int
+    code: str
+    message: re.Pattern[str]
+    #: Sent on streams too (a stream has no per-request deadline: not ``sleep``).
+    streamed: bool = True
+    #: The gRPC deadline (seconds) a unary request of this variant is sent with.
+    deadline: tuple[float, float] | None = None
+
+
+_WHERE = f"model '{FAULTY_MODEL}' version '1'"
+FAULTS: dict[str, Fault] = {
+    "raise": Fault(
+        -1,
+        "INTERNAL",
+        re.compile(re.escape(f"{_WHERE} failed: RuntimeError: injected fault 'raise'")),
+    ),
+    "wrong_shape": Fault(
+        -2,
+        "INTERNAL",
+        re.compile(re.escape(f"{_WHERE}: output 'Y' has shape [") + r"(\d+), 5\], expected \[\1, 4\]"),
+    ),
+    "wrong_dtype": Fault(
+        -3,
+        "INTERNAL",
+        re.compile(
+            re.escape(f"{_WHERE}: output 'Y' has datatype FP64 (torch.float64), expected FP32")
+        ),
+    ),
+    # The model sleeps 50 ms, far from the hang watchdog's default 60 s.
+    "sleep": Fault(
+        -4, "DEADLINE_EXCEEDED", re.compile("deadline", re.I), streamed=False,
+        deadline=(0.005, 0.02),
+    ),
+}  # fmt: skip
+
+
+def write_faulty_model(repository: Path) -> None:
+    """``<repository>/soak-faulty``: config.pbtxt and 1/model.py (backend python)."""
+    folder = repository / FAULTY_MODEL
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(_FAULTY_CONFIG)
+    markers = ", ".join(
+        str(FAULTS[v].marker) for v in ("raise", "wrong_shape", "wrong_dtype", "sleep")
+    )
+    (folder / "1" / "model.py").write_text(_FAULTY_SOURCE.replace("MARKERS", markers))
+
+
 # -- requests ------------------------------------------------------------------------------
 
 _NUMPY = {"FP32": np.float32, "INT64": np.int64, "FP64": np.float64, "INT32": np.int32}
@@ -186,11 +324,13 @@ def _request(
 
 @dataclass(slots=True)
 class ModelRequests:
-    """A model's well-formed request, its malformed variants, and its output count."""
+    """A model's well-formed request, its malformed and fault variants, its output count."""
 
     good: pb.ModelInferRequest
     malformed: dict[str, pb.ModelInferRequest]
     outputs: int
+    #: Fault variant -> request (the faulty model only).
+    faults: dict[str, pb.ModelInferRequest] = field(default_factory=dict)
 
 
 def build_requests(metadata: pb.ModelMetadataResponse, seed: int) -> ModelRequests:
@@ -219,7 +359,15 @@ def build_requests(metadata: pb.ModelMetadataResponse, seed: int) -> ModelReques
     short.raw_input_contents[0] = short.raw_input_contents[0][:-4]
     malformed["wrong_byte_count"] = short
     malformed["missing_input"] = pb.ModelInferRequest(model_name=model)
-    return ModelRequests(good, malformed, len(metadata.outputs))
+    faults = {}
+    if model == FAULTY_MODEL:
+        marker_at = [t.name for t in metadata.inputs].index("FAULT")
+        for variant, fault in FAULTS.items():
+            request = pb.ModelInferRequest()
+            request.CopyFrom(good)
+            request.raw_input_contents[marker_at] = np.array([[fault.marker]], np.int32).tobytes()
+            faults[variant] = request
+    return ModelRequests(good, malformed, len(metadata.outputs), faults)
 
 
 def _with_id(request: pb.ModelInferRequest, request_id: str) -> pb.ModelInferRequest:
@@ -289,6 +437,7 @@ class Tally:
     by_kind: dict[str, Counter[str]] = field(default_factory=dict)
     sent_by_model: Counter[str] = field(default_factory=Counter)
     malformed_by_variant: Counter[str] = field(default_factory=Counter)
+    faults_by_variant: Counter[str] = field(default_factory=Counter)
     unary: int = 0
     streamed: int = 0
     streams_opened: int = 0
@@ -301,11 +450,13 @@ class Tally:
     #: model -> kind -> requests the client gave up on (CANCELLED, DEADLINE_EXCEEDED, LOST).
     given_up: dict[str, Counter[str]] = field(default_factory=dict)
 
-    def count_sent(self, model: str, variant: str | None, streamed: bool) -> None:
+    def count_sent(self, model: str, kind: str, variant: str | None, streamed: bool) -> None:
         self.sent += 1
         self.sent_by_model[model] += 1
-        if variant is not None:
-            self.malformed_by_variant[variant] += 1
+        if kind == "malformed":
+            self.malformed_by_variant[str(variant)] += 1
+        elif kind == "fault":
+            self.faults_by_variant[str(variant)] += 1
         if streamed:
             self.streamed += 1
         else:
@@ -379,8 +530,12 @@ class Soak:
         kind: str = self.rng.choices(kinds, weights)[0]
         return kind
 
-    def _pick(self, kind: str) -> tuple[str, pb.ModelInferRequest, str | None]:
-        """(model, request, malformed variant) for one request of ``kind``."""
+    def _pick(self, kind: str, streamed: bool) -> tuple[str, pb.ModelInferRequest, str | None]:
+        """(model, request, malformed or fault variant) for one request of ``kind``."""
+        if kind == "fault":
+            faults = self.requests[FAULTY_MODEL].faults
+            variant = self.rng.choice([v for v in faults if FAULTS[v].streamed or not streamed])
+            return FAULTY_MODEL, faults[variant], variant
         model = self.rng.choice(self.models)
         requests = self.requests[model]
         if kind == "malformed":
@@ -394,10 +549,23 @@ class Soak:
         return model, requests.good, None
 
     def _judge(
-        self, model: str, kind: str, code: str, began: float, response: pb.ModelInferResponse | None
+        self,
+        model: str,
+        kind: str,
+        variant: str | None,
+        code: str,
+        began: float,
+        response: pb.ModelInferResponse | None,
+        message: str = "",
     ) -> tuple[str, str]:
         """(outcome, note) of an answer with status ``code`` to a request of ``kind``."""
-        if code not in ALLOWED[kind]:
+        if kind == "fault":
+            fault = FAULTS[str(variant)]
+            if code not in (fault.code, "UNAVAILABLE"):
+                return "OTHER", f"{code} for a '{variant}' fault"
+            if code == fault.code and not fault.message.search(message):
+                return "OTHER", f"{code} for a '{variant}' fault, not naming it"
+        elif code not in ALLOWED[kind]:
             return "OTHER", f"{code} for a '{kind}' request"
         if code == "UNAVAILABLE" and not self.reloads.overlaps(model, began, time.monotonic()):
             return "OTHER", "UNAVAILABLE outside any unload/load of the model"
@@ -414,18 +582,20 @@ class Soak:
     async def unary_worker(self) -> None:
         while not self.stopping:
             kind = self._kind(UNARY_KINDS)
-            model, request, variant = self._pick(kind)
-            self.tally.count_sent(model, variant, streamed=False)
+            model, request, variant = self._pick(kind, streamed=False)
+            self.tally.count_sent(model, kind, variant, streamed=False)
             try:
-                outcome, note = await self._unary_once(model, kind, request)
+                outcome, note = await self._unary_once(model, kind, variant, request)
             except Exception as exc:  # a client bug must still give the request an outcome
                 outcome, note = "OTHER", f"client error {type(exc).__name__}: {exc}"
             self.tally.record(model, kind, outcome, note)
 
     async def _unary_once(
-        self, model: str, kind: str, request: pb.ModelInferRequest
+        self, model: str, kind: str, variant: str | None, request: pb.ModelInferRequest
     ) -> tuple[str, str]:
         timeout = self.rng.uniform(0.0005, 0.005) if kind == "deadline" else None
+        if kind == "fault" and (span := FAULTS[str(variant)].deadline) is not None:
+            timeout = self.rng.uniform(*span)
         began = time.monotonic()
         call = self.stub.ModelInfer(request, timeout=timeout)
         if kind == "cancel":
@@ -443,9 +613,10 @@ class Soak:
         if code is grpc.StatusCode.CANCELLED:
             return "OTHER", f"CANCELLED that the client did not ask for: {await call.details()}"
         response = await call if code is grpc.StatusCode.OK else None
-        outcome, note = self._judge(model, kind, code.name, began, response)
+        details = "" if response is not None else (await call.details() or "")
+        outcome, note = self._judge(model, kind, variant, code.name, began, response, details)
         if outcome == "OTHER":
-            note = f"{note}: {await call.details()}"
+            note = f"{note}: {details}"
         return outcome, note
 
     # -- streams
@@ -460,11 +631,11 @@ class Soak:
         call = self.stub.ModelStreamInfer()
         bursts = self.rng.randint(1, 20)
         cancel_at = self.rng.randrange(bursts) if self.rng.random() < STREAM_CANCEL_SHARE else None
-        # id -> (model, kind, sent at); every id gets exactly one outcome.
-        pending: dict[str, tuple[str, str, float]] = {}
+        # id -> (model, kind, variant, sent at); every id gets exactly one outcome.
+        pending: dict[str, tuple[str, str, str | None, float]] = {}
 
         def settle_all(outcome: str, note: str = "") -> None:
-            for model, kind, _ in pending.values():
+            for model, kind, _, _ in pending.values():
                 tally.record(model, kind, outcome, note)
             pending.clear()
 
@@ -474,11 +645,11 @@ class Soak:
                     break
                 for _ in range(self.rng.randint(1, 8)):
                     kind = self._kind(STREAM_KINDS)
-                    model, request, variant = self._pick(kind)
+                    model, request, variant = self._pick(kind, streamed=True)
                     self._ids += 1
                     request_id = f"s{number}-{self._ids}"
-                    tally.count_sent(model, variant, streamed=True)
-                    pending[request_id] = (model, kind, time.monotonic())
+                    tally.count_sent(model, kind, variant, streamed=True)
+                    pending[request_id] = (model, kind, variant, time.monotonic())
                     await call.write(_with_id(request, request_id))
                 if burst == cancel_at:
                     await asyncio.sleep(self.rng.uniform(0.0, 0.004))
@@ -515,24 +686,30 @@ class Soak:
             settle_all("OTHER", f"client error {type(exc).__name__}: {exc}")
 
     def _stream_answer(
-        self, response: pb.ModelStreamInferResponse, pending: dict[str, tuple[str, str, float]]
+        self,
+        response: pb.ModelStreamInferResponse,
+        pending: dict[str, tuple[str, str, str | None, float]],
     ) -> None:
         entry = pending.pop(response.infer_response.id, None)
         if entry is None:
             self.tally.extra_answers += 1
             return
-        model, kind, began = entry
+        model, kind, variant, began = entry
         message = response.error_message
         if not message:
-            outcome, note = self._judge(model, kind, "OK", began, response.infer_response)
+            outcome, note = self._judge(model, kind, variant, "OK", began, response.infer_response)
         else:
             code = self.known_messages.get(message)
+            if code is None and kind == "fault":
+                # Named by its words, not matched whole: a shape message names the batch size.
+                fault = FAULTS[str(variant)]
+                code = fault.code if fault.message.search(message) else None
             if code is None and any(word in message for word in _UNAVAILABLE_WORDS):
                 code = "UNAVAILABLE"
             if code is None:
                 outcome, note = "OTHER", f"stream error: {message}"
             else:
-                outcome, note = self._judge(model, kind, code, began, None)
+                outcome, note = self._judge(model, kind, variant, code, began, None, message)
                 if outcome == "OTHER":
                     note = f"{note}: {message}"
         self.tally.record(model, kind, outcome, note)
@@ -628,27 +805,45 @@ async def quiesce(
 
 async def _probe(
     stub: pb_grpc.GRPCInferenceServiceStub, requests: dict[str, ModelRequests]
-) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """Try each malformed variant and the unknown model once, unary: (message -> code, rows)."""
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Try each malformed variant, the unknown model and each fault once, unary.
+
+    Returns (message -> code of the malformed and unknown-model probes, one row per
+    probe). A row's ``message_ok``: a fault's message names it (``FAULTS``); other
+    messages are not empty.
+    """
     messages: dict[str, str] = {}
     rows = []
-    probes = [
-        (f"{m}/{v}", "INVALID_ARGUMENT", r)
+    probes: list[tuple[str, str, str, pb.ModelInferRequest, Fault | None]] = [
+        (f"{m}/{v}", "malformed", "INVALID_ARGUMENT", r, None)
         for m in sorted(requests)
         for v, r in sorted(requests[m].malformed.items())
     ]
     unknown = pb.ModelInferRequest()
     unknown.CopyFrom(next(iter(requests.values())).good)
     unknown.model_name = UNKNOWN_MODEL
-    probes.append((UNKNOWN_MODEL, "NOT_FOUND", unknown))
-    for label, expected, request in probes:
+    probes.append((UNKNOWN_MODEL, "unknown_model", "NOT_FOUND", unknown, None))
+    faults = requests[FAULTY_MODEL].faults
+    probes += [(f"{FAULTY_MODEL}/{v}", "fault", f.code, faults[v], f) for v, f in FAULTS.items()]
+    for label, kind, expected, request, fault in probes:
+        timeout = 30.0 if fault is None or fault.deadline is None else max(fault.deadline)
         try:
-            await stub.ModelInfer(request, timeout=30)
+            await stub.ModelInfer(request, timeout=timeout)
             code, details = "OK", ""
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code().name, exc.details() or ""
-        rows.append({"probe": label, "expected": expected, "got": code, "message": details})
-        if code == expected:
+        named = bool(details) if fault is None else bool(fault.message.search(details))
+        rows.append(
+            {
+                "probe": label,
+                "kind": kind,
+                "expected": expected,
+                "got": code,
+                "message": details,
+                "message_ok": named,
+            }
+        )
+        if code == expected and fault is None:
             messages[details] = code
     return messages, rows
 
@@ -705,6 +900,7 @@ def check_counters(
         "statistics_match_metrics": [],
         "success_matches_client": [],
         "invalid_matches_client": [],
+        "internal_matches_client": [],
         "abandoned_within_client": [],
         "counted_within_sent": [],
     }
@@ -722,6 +918,8 @@ def check_counters(
         gave_up_malformed = given_up["malformed"]
         gave_up_wellformed = gave_up - gave_up_malformed
         invalid = reasons.get("invalid_argument", 0)
+        # ModelExecutionError (a model that raised, or outputs failing the check).
+        backend = reasons.get("backend", 0)
         abandoned = reasons.get("cancelled", 0) + reasons.get("deadline_exceeded", 0)
         table[model] = {
             "sent": tally.sent_by_model[model],
@@ -733,6 +931,7 @@ def check_counters(
             "given_up_by_kind": dict(given_up),
             "success_gap": success - client["OK"],
             "invalid_gap": invalid - client["INVALID_ARGUMENT"],
+            "internal_gap": backend - client["INTERNAL"],
         }
         if success != m_success or fail != sum(reasons.values()):
             problems["statistics_match_metrics"].append(
@@ -752,6 +951,11 @@ def check_counters(
             problems["invalid_matches_client"].append(
                 f"{model}: server {invalid} not within client {client['INVALID_ARGUMENT']} "
                 f".. +{gave_up_malformed}"
+            )
+        if not client["INTERNAL"] <= backend <= client["INTERNAL"] + given_up["fault"]:
+            problems["internal_matches_client"].append(
+                f"{model}: server backend failures {backend} not within client INTERNAL "
+                f"{client['INTERNAL']} .. +{given_up['fault']}"
             )
         if abandoned > gave_up:
             problems["abandoned_within_client"].append(
@@ -850,6 +1054,7 @@ def run(out: Path, plan: Plan, seed: int = 0, bounds: Bounds | None = None) -> d
     with tempfile.TemporaryDirectory(prefix="batchwire-soak-") as tmp:
         repo = Path(tmp)
         export_examples(repo)
+        write_faulty_model(repo)
         server = ServerProcess(
             repo,
             "--model-control-mode", "explicit",
@@ -866,7 +1071,8 @@ def run(out: Path, plan: Plan, seed: int = 0, bounds: Bounds | None = None) -> d
         tally, result["counters_before"], result["counters_after"], models
     )
     probes = result["probes"]
-    bad_probes = [p for p in probes if p["got"] != p["expected"]]
+    log = server_log_errors(out / "soak-server.log")
+    bad_probes = [p for p in probes if p["got"] != p["expected"] or not p["message_ok"]]
     by_outcome = {o: tally.by_outcome[o] for o in OUTCOMES}
     checks: dict[str, dict[str, Any]] = {
         "one_outcome_each": _check(
@@ -889,11 +1095,18 @@ def run(out: Path, plan: Plan, seed: int = 0, bounds: Bounds | None = None) -> d
             soak.reloads.count > 0 and not soak.reloads.errors,
             f"{soak.reloads.count} unload/load cycles, {len(soak.reloads.errors)} errors",
         ),
+        "server_log_clean": _check(
+            None if log["records"] is None else log["records"] == 0,
+            f"{log['records']} ERROR/CRITICAL records in the server's log"
+            if log["records"] is not None
+            else "the server's log could not be read",
+        ),
         **counter_checks,
         **check_resources(result["start"], result["end"], bounds),
     }
     passed = all(c["ok"] is not False for c in checks.values())
     malformed = sum(tally.malformed_by_variant.values())
+    faults = sum(tally.faults_by_variant.values())
     report = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
@@ -916,6 +1129,8 @@ def run(out: Path, plan: Plan, seed: int = 0, bounds: Bounds | None = None) -> d
             "cancellations": by_outcome["CANCELLED"],
             "malformed_tried": malformed + sum(p["expected"] == "INVALID_ARGUMENT" for p in probes),
             "malformed_by_variant": dict(sorted(tally.malformed_by_variant.items())),
+            "faults_injected": faults + sum(p["kind"] == "fault" for p in probes),
+            "faults_by_variant": dict(sorted(tally.faults_by_variant.items())),
             "unknown_model": tally.by_kind.get("unknown_model", Counter()).total(),
             "short_deadlines": tally.by_kind.get("deadline", Counter()).total(),
             "lost": by_outcome["LOST"],
@@ -939,7 +1154,7 @@ def run(out: Path, plan: Plan, seed: int = 0, bounds: Bounds | None = None) -> d
         },
         "warmup_ended_s": result["warmup_ended_s"],
         "reload_times_s": result["reload_times_s"],
-        "server_log": server_log_errors(out / "soak-server.log"),
+        "server_log": log,
         "samples": result["samples"],
     }
     (out / "soak.json").write_text(json.dumps(report, indent=2))
@@ -953,9 +1168,10 @@ _LOG_LEVEL = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) (.*)$")
 def server_log_errors(path: Path) -> dict[str, Any]:
     """ERROR and CRITICAL records of the server's log, counted by their first line.
 
-    Reported, not checked: a client that cancels or runs out of its deadline should
-    leave nothing at ERROR in the server's log, but the count is a finding to read,
-    not a pass/fail figure yet.
+    Checked (``server_log_clean``: none): nothing the soak does is a server fault.
+    Clients that cancel or run out of their deadline, malformed requests and the
+    faulty model's failures are the callers' or the model's business; batchwire
+    answers them and logs a model's failure at WARNING.
     """
     by_message: Counter[str] = Counter()
     try:
@@ -1009,8 +1225,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the soak with command-line ``argv``; 0 when every check passed, else 1."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/soak"))
     parser.add_argument("--short", action="store_true", help="25 s in all (CI)")
     parser.add_argument(
@@ -1042,11 +1259,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{requests['streams_opened']} streams), reloads {report['reloads']['count']}"
     )
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in requests["by_outcome"].items()))
+    print(
+        f"faults injected {requests['faults_injected']} (probes included; under load: "
+        + ", ".join(f"{k} {v}" for k, v in requests["faults_by_variant"].items())
+        + f"), malformed inputs tried {requests['malformed_tried']}"
+    )
     for name, check in report["checks"].items():
         verdict = {True: "pass", False: "FAIL", None: "skipped"}[check["ok"]]
         print(f"{name}: {verdict} ({check['detail']})")
     log = report["server_log"]
-    print(f"server log: {log['records']} ERROR/CRITICAL records (reported, not checked)")
+    print(f"server log: {log['records']} ERROR/CRITICAL records")
     for message, count in log["by_message"].items():
         print(f"  {count} x {message}")
     print(f"wrote {ns.out / 'soak.json'} and {ns.out / 'soak.png'}")

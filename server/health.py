@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from batchwire.protos import health_pb2, health_pb2_grpc
-from batchwire.server.status import capped
+from batchwire.server.status import Undecodable, capped
 
 if TYPE_CHECKING:
     from batchwire.server.registry import ModelRegistry
@@ -133,6 +133,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         """The status of ``request.service``; NOT_FOUND when it was never set."""
+        await _decoded(request, context)
         status = self._statuses.get(request.service)
         if status is None:
             await context.abort(
@@ -153,6 +154,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         No size limit is applied (the proto allows RESOURCE_EXHAUSTED): the
         table holds two entries plus one per model.
         """
+        await _decoded(request, context)
         response = health_pb2.HealthListResponse()
         for service, status in self._statuses.items():
             response.statuses[service].status = status
@@ -167,6 +169,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         a cancelled stream raises CancelledError right here and unregisters its
         watcher at once, not whenever the suspended generator is collected.
         """
+        await _decoded(request, context)
         service = request.service
         watcher = _Watcher(self._statuses.get(service, SERVICE_UNKNOWN))
         watchers = self._watchers.setdefault(service, set())
@@ -188,6 +191,13 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             watchers.discard(watcher)
             if not watchers and self._watchers.get(service) is watchers:
                 del self._watchers[service]
+
+
+async def _decoded(request: object, context: grpc.aio.ServicerContext) -> None:
+    """INVALID_ARGUMENT for bytes that did not decode (the server registers these
+    methods through ``status.DecodeChecked``), instead of gRPC's UNKNOWN."""
+    if type(request) is Undecodable:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 
 class HealthReporter:

@@ -51,6 +51,7 @@ from batchwire.protos import (
     reflection_v1alpha_pb2_grpc,
 )
 from batchwire.protos.pool import POOL
+from batchwire.server.status import DecodeChecked, Undecodable
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -126,8 +127,19 @@ class ReflectionServicer:
     async def ServerReflectionInfo(
         self, request_iterator: AsyncIterable[Message], context: grpc.aio.ServicerContext | None
     ) -> AsyncIterator[Message]:
-        """One response per request, in request order, until the client half-closes."""
+        """One response per request, in request order, until the client half-closes.
+
+        A message that does not decode (the server registers this method through
+        ``status.DecodeChecked``) is answered with an INVALID_ARGUMENT
+        ``error_response`` and the stream goes on, as for any other bad request.
+        """
         async for request in request_iterator:
+            if type(request) is Undecodable:
+                response: Any = self._messages.ServerReflectionResponse()
+                response.error_response.error_code = _INVALID_ARGUMENT
+                response.error_response.error_message = request.message
+                yield response
+                continue
             yield self.answer(request)
 
     def answer(self, request: Message) -> Message:
@@ -228,7 +240,7 @@ class ReflectionServicer:
 
 
 def enable_reflection(
-    server: grpc.aio.Server | GenericHandlers,
+    server: grpc.aio.Server | GenericHandlers | DecodeChecked,
     service_names: Iterable[str] = SERVICE_NAMES,
     pool: descriptor_pool.DescriptorPool = POOL,
 ) -> None:

@@ -120,6 +120,32 @@ class JsonFormatter(_TimestampMixin, logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class LateAnswerFilter(logging.Filter):
+    """Logs grpc's "ExecuteBatchError raised in core by servicer method" at WARNING.
+
+    grpc.aio logs that record at ERROR when a handler's final answer cannot be sent
+    because the call already ended (its deadline passed, or the client's cancel had not
+    yet been read when the answer was ready: grpc's own race). The caller already has
+    its status (DEADLINE_EXCEEDED, CANCELLED, or UNAVAILABLE for a dropped
+    connection), and the server has nothing left to do, so it is not an error of the
+    server; it stays in the log, one level lower, so that ERROR means a server fault.
+    Attached to grpc's ``grpc._cython.cygrpc`` logger by :func:`configure_logging`;
+    records are changed in place, as logging allows filters to do.
+    """
+
+    MESSAGE = "ExecuteBatchError raised in core by servicer method"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if (
+            record.levelno == logging.ERROR
+            and isinstance(message, str)
+            and message.startswith(self.MESSAGE)
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def make_handler(log_format: str = "text", stream: TextIO | None = None) -> logging.Handler:
     """A stream handler with the trace-context filter and the chosen formatter."""
     if log_format not in LOG_FORMATS:
@@ -138,6 +164,9 @@ def configure_logging(level: str = "info", log_format: str = "text") -> logging.
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    grpc_core = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, LateAnswerFilter) for f in grpc_core.filters):
+        grpc_core.addFilter(LateAnswerFilter())
     return handler
 
 

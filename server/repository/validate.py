@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 
 from batchwire.core.datatypes import CONFIG_TO_V2
 from batchwire.protos import model_config_pb2 as mc
@@ -274,12 +275,43 @@ def _check_warmup(config: mc.ModelConfig, path: object, fmt: Format) -> None:
                     sample_field,
                     f"dims {list(sample.dims)} must be concrete (expected every entry >= 1)",
                 )
-            if sample.WhichOneof("input_data_type") is None:
+            elements = max(warmup.batch_size, 1) * math.prod(sample.dims)
+            if elements > WARMUP_MAX_ELEMENTS:
+                raise load_error(
+                    path,
+                    sample_field,
+                    f"dims {list(sample.dims)} x batch_size {max(warmup.batch_size, 1)} make "
+                    f"{elements} elements, expected at most {WARMUP_MAX_ELEMENTS} (warmup "
+                    "data is allocated at load)",
+                )
+            source = sample.WhichOneof("input_data_type")
+            if source is None:
                 raise load_error(
                     path,
                     sample_field,
                     "has no data (expected zero_data, random_data or input_data_file)",
                 )
+            if source == "input_data_file":
+                problem = _warmup_file_problem(sample.input_data_file)
+                if problem:
+                    raise load_error(path, f"{sample_field}.input_data_file", problem)
+
+
+#: Most elements one warmup sample may hold (batch included): 64 Mi, 256 MiB of FP32.
+WARMUP_MAX_ELEMENTS = 1 << 26
+
+
+def _warmup_file_problem(name: str) -> str:
+    """Why ``input_data_file`` cannot name a file of the model's ``warmup`` folder ("" if it can)."""
+    parts = PurePosixPath(name).parts
+    if not name or "\0" in name:
+        return f"'{name[:60]}' is not a file name (expected a file of the model's warmup folder)"
+    if PurePosixPath(name).is_absolute() or ".." in parts:
+        return (
+            f"'{name[:200]}' leads out of the model's warmup folder (expected a path inside "
+            "it, without '..')"
+        )
+    return ""
 
 
 def _check_parameters(config: mc.ModelConfig, path: object, fmt: Format) -> None:

@@ -1,6 +1,7 @@
-"""The soak's short mode runs end to end: every request gets one outcome, nothing is lost,
-the server's counters agree with the client's, resource bounds are reported (no timing
-assertions)."""
+"""The soak's short mode, run as ``batchwire soak --short``, end to end: every request gets
+one outcome, nothing is lost, every fault variant of the soak's faulty model got its
+status, the server's log has no ERROR record, the server's counters agree with the
+client's, resource bounds are reported (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from batchwire.bench.soak import OUTCOMES
+from batchwire.bench.soak import FAULTS, FAULTY_MODEL, OUTCOMES
 
 pytestmark = pytest.mark.slow
 
 
+def _batchwire() -> list[str]:
+    """The ``batchwire`` console script next to this interpreter, else ``python -m batchwire``."""
+    script = Path(sys.executable).with_name("batchwire")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "batchwire"]
+
+
 def test_short_soak_passes_and_writes_json_and_plot(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "batchwire.bench.soak", "--short", "--out", str(tmp_path)],
+        [*_batchwire(), "soak", "--short", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -39,20 +46,44 @@ def test_short_soak_passes_and_writes_json_and_plot(tmp_path: Path) -> None:
         assert requests["by_outcome"][outcome] > 0, outcome
     assert requests["short_deadlines"] > 0 and requests["streams_cancelled"] > 0
     assert report["reloads"]["count"] > 0 and report["reloads"]["errors"] == []
-    assert all(p["got"] == p["expected"] for p in report["probes"])
+    assert all(p["got"] == p["expected"] and p["message_ok"] for p in report["probes"])
 
-    # Every example model served and counted on both sides.
-    assert set(report["counters"]) == {"cnn", "mlp", "null", "text"}
+    # Faults: every variant probed and injected under load, each answered with its status.
+    fault_probes = {p["probe"]: p for p in report["probes"] if p["kind"] == "fault"}
+    assert set(fault_probes) == {f"{FAULTY_MODEL}/{v}" for v in FAULTS}
+    assert "injected fault 'raise'" in fault_probes[f"{FAULTY_MODEL}/raise"]["message"]
+    assert (
+        "has shape [1, 5], expected [1, 4]"
+        in (fault_probes[f"{FAULTY_MODEL}/wrong_shape"]["message"])
+    )
+    assert set(requests["faults_by_variant"]) == set(FAULTS)
+    assert all(n > 0 for n in requests["faults_by_variant"].values())
+    assert requests["faults_injected"] == sum(requests["faults_by_variant"].values()) + len(FAULTS)
+    faults = requests["by_kind"]["fault"]
+    assert faults["INTERNAL"] > 0 and faults["DEADLINE_EXCEEDED"] > 0
+    assert set(faults) <= {"INTERNAL", "DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED"}
+    # Healthy requests to the faulty model, batched with faulty ones, were answered OK.
+    assert requests["by_kind"]["ok"].keys() <= {"OK", "UNAVAILABLE", "CANCELLED", "LOST"}
+    assert report["server_log"]["records"] == 0
+
+    # Every example model and the faulty one served and counted on both sides.
+    assert set(report["counters"]) == {"cnn", "mlp", "null", "text", FAULTY_MODEL}
     for model, row in report["counters"].items():
         assert row["statistics_success"] == row["metrics_success"], model
         assert row["client"]["OK"] > 0 and row["success_gap"] >= 0, model
+        assert row["internal_gap"] >= 0, model
+        if model != FAULTY_MODEL:
+            assert row["client"]["INTERNAL"] == 0, model
+    assert report["counters"][FAULTY_MODEL]["client"]["INTERNAL"] == faults["INTERNAL"]
     for name in (
         "one_outcome_each",
         "none_lost",
         "streams_end_ok",
+        "server_log_clean",
         "statistics_match_metrics",
         "success_matches_client",
         "invalid_matches_client",
+        "internal_matches_client",
         "counted_within_sent",
     ):
         assert report["checks"][name]["ok"] is True, name

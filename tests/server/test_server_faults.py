@@ -237,6 +237,58 @@ def test_undecodable_request_to_another_rpc_is_invalid_argument(channel) -> None
     assert "inference.ModelMetadataRequest" in error.details()
 
 
+@pytest.mark.parametrize(
+    ("method", "response_type"),
+    [
+        ("/grpc.health.v1.Health/Check", "HealthCheckResponse"),
+        ("/grpc.health.v1.Health/List", "HealthListResponse"),
+    ],
+)
+def test_undecodable_health_request_is_invalid_argument(channel, method, response_type) -> None:
+    from batchwire.protos import health_pb2
+
+    raw = channel.unary_unary(
+        method,
+        request_serializer=None,
+        response_deserializer=getattr(health_pb2, response_type).FromString,
+    )
+    error = rpc_error(raw, GARBAGE)  # List's request has no fields: only a bad tag fails
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "not a valid grpc.health.v1." in error.details()
+
+
+def test_undecodable_health_watch_is_invalid_argument(channel) -> None:
+    from batchwire.protos import health_pb2
+
+    raw = channel.unary_stream(
+        "/grpc.health.v1.Health/Watch",
+        request_serializer=None,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        list(raw(INVALID_UTF8, timeout=10))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert "grpc.health.v1.HealthCheckRequest" in caught.value.details()
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_undecodable_reflection_message_is_answered_in_stream(channel, version) -> None:
+    from batchwire.protos import reflection_v1_pb2, reflection_v1alpha_pb2
+
+    messages = reflection_v1_pb2 if version == "v1" else reflection_v1alpha_pb2
+    raw = channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=None,
+        response_deserializer=messages.ServerReflectionResponse.FromString,
+    )
+    listing = messages.ServerReflectionRequest(list_services="").SerializeToString()
+    first, second = list(raw(iter([GARBAGE, listing]), timeout=10))
+    assert first.error_response.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "ServerReflectionRequest protobuf message" in first.error_response.error_message
+    names = {s.name for s in second.list_services_response.service}
+    assert "inference.GRPCInferenceService" in names
+
+
 def test_undecodable_stream_message_is_answered_in_stream(channel) -> None:
     raw = channel.stream_stream(
         "/inference.GRPCInferenceService/ModelStreamInfer",

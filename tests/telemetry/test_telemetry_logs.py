@@ -156,3 +156,34 @@ def test_serve_command_has_the_observability_flags() -> None:
         assert flag in result.output
     bad = CliRunner().invoke(app, ["serve", "--trace-mode", "sometimes"])
     assert bad.exit_code != 0
+
+
+def test_grpc_late_answer_record_is_logged_at_warning_and_other_errors_stay() -> None:
+    from batchwire.telemetry.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    grpc_core = logging.getLogger("grpc._cython.cygrpc")
+    saved_filters = list(grpc_core.filters)
+    stream = io.StringIO()
+    try:
+        configure_logging("info")
+        configure_logging("info")  # twice: one filter, not two
+        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        try:
+            raise RuntimeError("Failed execute_batch")
+        except RuntimeError:
+            # grpc.aio formats the method name into the message itself.
+            method = "/inference.GRPCInferenceService/ModelInfer"
+            grpc_core.exception(f"ExecuteBatchError raised in core by servicer method [{method}]")
+        grpc_core.error("Unexpected [ValueError] raised by servicer method [x]")
+        filters = [f for f in grpc_core.filters if type(f).__name__ == "LateAnswerFilter"]
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        grpc_core.filters[:] = saved_filters
+    lines = [line for line in stream.getvalue().splitlines() if "servicer method" in line]
+    assert len(filters) == 1
+    assert len(lines) == 2, stream.getvalue()
+    assert " WARNING " in lines[0] and "ExecuteBatchError" in lines[0]
+    assert " ERROR " in lines[1] and "Unexpected [ValueError]" in lines[1]

@@ -396,7 +396,48 @@ ERROR_CASES = {
         None,
         ["model_warmup 'w'.batch_size", "9 is outside 1..8"],
     ),
+    "warmup data file leads out": (
+        MLP
+        + 'model_warmup [ { name: "w", batch_size: 1, inputs { key: "INPUT__0", value: '
+        + '{ data_type: TYPE_FP32, dims: [ 2 ], input_data_file: "../../etc/passwd" } } } ]\n',
+        None,
+        ["model_warmup 'w'.inputs['INPUT__0'].input_data_file", "leads out of the model's"],
+    ),
+    "warmup data file absolute": (
+        MLP
+        + 'model_warmup [ { name: "w", batch_size: 1, inputs { key: "INPUT__0", value: '
+        + '{ data_type: TYPE_FP32, dims: [ 2 ], input_data_file: "/etc/passwd" } } } ]\n',
+        None,
+        ["input_data_file", "'/etc/passwd' leads out of the model's warmup folder"],
+    ),
+    "warmup dims too large": (
+        MLP
+        + 'model_warmup [ { name: "w", batch_size: 8, inputs { key: "INPUT__0", value: '
+        + "{ data_type: TYPE_FP32, dims: [ 100000, 100000 ], zero_data: true } } } ]\n",
+        None,
+        ["model_warmup 'w'.inputs['INPUT__0']", "80000000000 elements, expected at most 67108864"],
+    ),
 }
+
+
+def test_a_warmup_data_file_linked_out_of_the_warmup_folder_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 8)
+    config_text = (
+        MLP
+        + 'model_warmup [ { name: "w", batch_size: 1, inputs { key: "INPUT__0", value: '
+        + '{ data_type: TYPE_FP32, dims: [ 2 ], input_data_file: "link.bin" } } } ]\n'
+    )
+    model_dir, config, fmt = _load(tmp_path, config_text)
+    (model_dir / "warmup").mkdir()
+    (model_dir / "warmup" / "link.bin").symlink_to(secret)
+    with pytest.raises(ModelLoadError) as info:
+        config_to_spec(config, fmt, "1", model_dir, model_dir / "config.pbtxt")
+    assert "'link.bin' resolves outside the model's warmup folder" in str(info.value)
+    (model_dir / "warmup" / "link.bin").unlink()
+    (model_dir / "warmup" / "link.bin").write_bytes(b"\0" * 8)  # a real file inside: fine
+    spec = config_to_spec(config, fmt, "1", model_dir, model_dir / "config.pbtxt")
+    assert spec.warmup[0].inputs["INPUT__0"][2] == str(model_dir / "warmup" / "link.bin")
 
 
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
