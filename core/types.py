@@ -25,6 +25,31 @@ class RequestTimings:
     batch_size: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SharedTensor:
+    """Where a tensor's data lies in a registered shared-memory region (Triton's
+    ``shared_memory_region``, ``shared_memory_offset`` and ``shared_memory_byte_size``)."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(slots=True)
+class SharedTensors:
+    """The tensors of one request that travel through shared memory, not in its message.
+
+    Filled by the front end's decoding; read and written by the shared-memory stage
+    (:mod:`batchwire.server.shared_memory_stage`), which turns each input into an array
+    before validation and writes each output into its region once the result is known.
+    """
+
+    #: Input name -> (its region window, its v2 datatype, its shape).
+    inputs: dict[str, tuple[SharedTensor, str, tuple[int, ...]]] = field(default_factory=dict)
+    #: Requested output name -> the region window to write it into.
+    outputs: dict[str, SharedTensor] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class InferenceRequest:
     """A decoded, validated inference request for one model version.
@@ -50,6 +75,10 @@ class InferenceRequest:
     #: batch window never treats this request as alone (see batching.policy, rule 4).
     pipelined: bool = False
     timings: RequestTimings = field(default_factory=RequestTimings)
+    #: Inputs still to be read from, and outputs to be written to, shared memory (None:
+    #: every tensor travels in the message). The batcher never sees a request with
+    #: inputs left here: the shared-memory stage moves them into ``inputs`` first.
+    shared: SharedTensors | None = None
 
     @property
     def batch_size(self) -> int:
@@ -65,3 +94,6 @@ class InferenceResult:
 
     outputs: dict[str, np.ndarray]
     timings: RequestTimings
+    #: Outputs written into shared memory: the response carries their name, datatype
+    #: and shape, and no data.
+    shared_outputs: frozenset[str] = frozenset()

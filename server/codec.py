@@ -16,9 +16,9 @@ what arrived:
 - an ``id`` longer than :data:`MAX_ID_LENGTH` characters, an input or requested
   output name longer than :data:`MAX_NAME_LENGTH` (names and ids are echoed in
   error messages, which travel in gRPC trailers of a few KiB at most);
-- a ``raw_input_contents`` count other than one entry per input, an input with
-  both ``contents`` and raw data, an input name or a requested output name given
-  twice;
+- a ``raw_input_contents`` count other than one entry per input not in shared
+  memory, an input with both ``contents`` and raw data, an input name or a requested
+  output name given twice;
 - an unknown datatype; a shape with more than :data:`MAX_DIMS` dimensions, a
   negative dimension, or more than :data:`MAX_ELEMENTS` elements (for a shape
   with a zero dimension: its other dimensions multiplied), so that every byte
@@ -46,16 +46,29 @@ what arrived:
 - a tensor parameter of the shared-memory or classification extensions of the
   wrong type or out of range: ``shared_memory_region`` (string_param),
   ``shared_memory_offset``, ``shared_memory_byte_size`` (int64_param >= 0 or
-  uint64_param), on outputs ``classification`` (int64_param >= 1). Outputs' parameters
-  are always read; inputs' only in a message without ``raw_input_contents`` (where a
-  shared-memory input lands: with raw data for every input, no parameter changes
-  what the data means). Other tensor parameters (``binary_data``,
-  ``binary_data_size``: HTTP's) are passed over.
+  uint64_param; Triton takes int64_param only), on outputs ``classification``
+  (int64_param >= 1); and, as Triton, an offset or byte size without a region, a
+  region without a byte size, an output with both a region and ``classification``,
+  an input in shared memory that also has ``contents``. Outputs' parameters are
+  always read; inputs' only in a message with fewer ``raw_input_contents`` entries
+  than inputs (with raw data for every input, no parameter changes what the data
+  means). Other tensor parameters (``binary_data``, ``binary_data_size``: HTTP's)
+  are passed over.
+
+Shared memory (Triton's system shared-memory extension): an input whose parameters
+name a region takes its data from that region and no ``raw_input_contents`` entry;
+the other inputs take the raw entries in order (then their count must be the number
+of such inputs). Decoding checks such an input's datatype and shape and records
+where its data lies (``InferenceRequest.shared``); the shared-memory stage
+(:mod:`batchwire.server.shared_memory_stage`) reads it. An output whose parameters
+name a region is written there by that stage, and its response entry carries name,
+datatype and shape with an empty ``raw_output_contents`` entry (one entry per
+output, as Triton, so that tritonclient's ``as_numpy`` finds the others).
 
 Well-formed requests for features batchwire lacks are UNIMPLEMENTED: a sequence
 (non-zero or non-empty ``sequence_id``, a true ``sequence_start`` or
-``sequence_end``; tritonclient sends ``sequence_id`` 0 with plain requests), shared
-memory, classification.
+``sequence_end``; tritonclient sends ``sequence_id`` 0 with plain requests),
+classification.
 
 The request is checked against the model afterwards (input and output names, an
 empty one being an unknown one, datatypes, shapes, batch size) by
@@ -72,7 +85,7 @@ import numpy as np
 from batchwire.core.datatypes import WIRE_DTYPES, deserialize_bytes, is_known, serialize_bytes
 from batchwire.core.errors import InvalidInputError, UnsupportedError
 from batchwire.core.spec import ModelSpec
-from batchwire.core.types import InferenceRequest, InferenceResult
+from batchwire.core.types import InferenceRequest, InferenceResult, SharedTensor, SharedTensors
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos.contents import CONTENTS_FIELDS
 
@@ -100,7 +113,6 @@ _SEQUENCE_ID_TYPES = ("int64_param", "uint64_param", "string_param")
 _SEQUENCE_FLAGS = ("sequence_start", "sequence_end")
 #: The ``triton_`` keys Triton accepts in a request; the rest of the prefix is reserved.
 _TRITON_PARAMETERS = ("triton_enable_empty_final_response",)
-_SHARED_MEMORY_SIZES = ("shared_memory_offset", "shared_memory_byte_size")
 
 
 def _got(value: pb.InferParameter, choice: str | None) -> str:
@@ -171,36 +183,56 @@ def _apply_request_parameters(
             _flag(value, model, key)
 
 
-def _check_tensor_parameters(
+def _shared_tensor(
     model: str, tensor: str, parameters: Mapping[str, pb.InferParameter], output: bool
-) -> None:
-    """Type and range of a tensor's extension parameters; the extensions are UNIMPLEMENTED.
+) -> SharedTensor | None:
+    """Where a tensor lies in shared memory, from its parameters (None: not there).
 
-    ``tensor`` is ``input 'NAME'`` or ``output 'NAME'``, as messages name it.
+    Checks the type and range of the shared-memory and classification parameters as
+    the module docstring says, and their combinations as Triton does. ``tensor`` is
+    ``input 'NAME'`` or ``output 'NAME'``, as messages name it.
     """
-    extension = ""
+    region: str | None = None
+    offset: int | None = None
+    size: int | None = None
+    classification = False
     for key, value in parameters.items():
         if key == "shared_memory_region":
             if value.WhichOneof("parameter_choice") != "string_param":
                 raise _bad_parameter(value, model, key, "string_param", tensor)
-            extension = "shared memory"
-        elif key in _SHARED_MEMORY_SIZES:
-            _unsigned(value, model, key, tensor)
-            extension = "shared memory"
+            region = value.string_param
+        elif key == "shared_memory_offset":
+            offset = _unsigned(value, model, key, tensor)
+        elif key == "shared_memory_byte_size":
+            size = _unsigned(value, model, key, tensor)
         elif output and key == "classification":
             if value.WhichOneof("parameter_choice") != "int64_param" or value.int64_param < 1:
                 raise _bad_parameter(value, model, key, "int64_param >= 1", tensor)
-            extension = extension or "classification"
-    if extension == "shared memory":
-        where = "are returned in raw_output_contents" if output else "go in raw_input_contents"
-        raise UnsupportedError(
-            f"model '{model}' {tensor}: shared memory is not supported (tensor data {where})"
+            classification = True
+    if region is None:
+        for key, given in (("shared_memory_offset", offset), ("shared_memory_byte_size", size)):
+            if given is not None:
+                raise InvalidInputError(
+                    f"model '{model}' {tensor}: parameter '{key}' can not be specified "
+                    "without parameter 'shared_memory_region'"
+                )
+        if classification:
+            raise UnsupportedError(
+                f"model '{model}' {tensor}: the classification extension is not supported "
+                "(parameter 'classification')"
+            )
+        return None
+    if size is None:
+        raise InvalidInputError(
+            f"model '{model}' {tensor}: parameter 'shared_memory_byte_size' must be "
+            "specified along with parameter 'shared_memory_region'"
         )
-    if extension:
-        raise UnsupportedError(
-            f"model '{model}' {tensor}: the classification extension is not supported "
-            "(parameter 'classification')"
+    if classification:
+        raise InvalidInputError(
+            f"model '{model}' {tensor}: an output can't set both 'shared_memory_region' "
+            "and 'classification'"
         )
+    return SharedTensor(region, offset or 0, size)
 
 
 def _name_too_long(model: str, kind: str, name: str) -> InvalidInputError:
@@ -210,9 +242,10 @@ def _name_too_long(model: str, kind: str, name: str) -> InvalidInputError:
     )
 
 
-def _decode_tensor(
-    model: str, tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
-) -> np.ndarray:
+def _checked_shape(
+    model: str, tensor: pb.ModelInferRequest.InferInputTensor
+) -> tuple[tuple[int, ...], int]:
+    """The input's shape and element count, once its datatype and shape are sane."""
     name = tensor.name
     datatype = tensor.datatype
     if not is_known(datatype):
@@ -239,32 +272,67 @@ def _decode_tensor(
             f"model '{model}' input '{name}': shape {list(shape)} has too many elements, "
             f"expected at most {MAX_ELEMENTS} (byte sizes must fit in int64)"
         )
-    if raw is not None:
-        if datatype == "BYTES":
-            if count > len(raw):
-                # Deserializing allocates an 8-byte slot per element first: this bounds
-                # that by the message's size. Each element takes at least its 4-byte
-                # prefix, so any count over len(raw) / 4 fails there, more precisely.
-                raise InvalidInputError(
-                    f"model '{model}' input '{name}': shape {list(shape)} has {count} BYTES "
-                    f"elements, expected at most {len(raw) >> 2} (one 4-byte length prefix "
-                    f"each in its {len(raw)} raw bytes)"
-                )
-            try:
-                return deserialize_bytes(raw, count).reshape(shape)
-            except ValueError as exc:
-                raise InvalidInputError(
-                    f"model '{model}' input '{name}': malformed BYTES data for shape "
-                    f"{list(shape)}: {exc}"
-                ) from None
-        dtype = WIRE_DTYPES[datatype]
-        expected = count * dtype.itemsize
-        if len(raw) != expected:
-            raise InvalidInputError(
-                f"model '{model}' input '{name}': expected {expected} bytes for {datatype} "
-                f"shape {list(shape)}, got {len(raw)}"
+    return shape, count
+
+
+def tensor_from_buffer(
+    model: str,
+    name: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    count: int,
+    data: bytes | memoryview,
+    region: str = "",
+) -> np.ndarray:
+    """Input ``name``'s array over ``data`` (raw bytes, or a shared-memory ``region``'s window).
+
+    Fixed-size datatypes are a zero-copy view that must hold exactly the shape's bytes;
+    BYTES is parsed as length-prefixed elements. Raises InvalidInputError naming the
+    input, expected against got (and the region, for shared memory).
+    """
+    size = len(data)
+    if datatype == "BYTES":
+        if count > size:
+            # Deserializing allocates an 8-byte slot per element first: this bounds
+            # that by the data's size. Each element takes at least its 4-byte prefix,
+            # so any count over size / 4 fails there, more precisely.
+            held = (
+                f"the {size} bytes of shared memory region '{region}'"
+                if region
+                else (f"its {size} raw bytes")
             )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+            raise InvalidInputError(
+                f"model '{model}' input '{name}': shape {list(shape)} has {count} BYTES "
+                f"elements, expected at most {size >> 2} (one 4-byte length prefix each in "
+                f"{held})"
+            )
+        try:
+            return deserialize_bytes(data, count).reshape(shape)
+        except ValueError as exc:
+            where = f" in shared memory region '{region}'" if region else ""
+            raise InvalidInputError(
+                f"model '{model}' input '{name}': malformed BYTES data{where} for shape "
+                f"{list(shape)}: {exc}"
+            ) from None
+    dtype = WIRE_DTYPES[datatype]
+    expected = count * dtype.itemsize
+    if size != expected:
+        got = f"shared_memory_byte_size {size} (region '{region}')" if region else str(size)
+        raise InvalidInputError(
+            f"model '{model}' input '{name}': expected {expected} bytes for {datatype} "
+            f"shape {list(shape)}, got {got}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _decode_tensor(
+    model: str, tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
+) -> np.ndarray:
+    name = tensor.name
+    datatype = tensor.datatype
+    shape, count = _checked_shape(model, tensor)
+    if raw is not None:
+        return tensor_from_buffer(model, name, datatype, shape, count, raw)
     field = CONTENTS_FIELDS.get(datatype)
     if field is None:
         raise InvalidInputError(
@@ -301,9 +369,14 @@ def _decode_tensor(
 
 
 def _requested_outputs(
-    model: str, outputs: Sequence[pb.ModelInferRequest.InferRequestedOutputTensor]
+    model: str,
+    outputs: Sequence[pb.ModelInferRequest.InferRequestedOutputTensor],
+    shared: dict[str, SharedTensor],
 ) -> tuple[str, ...]:
-    """The requested output names, in order, once each is known to be sane and unique."""
+    """The requested output names, in order, once each is known to be sane and unique.
+
+    Outputs to be written into shared memory are added to ``shared``.
+    """
     # One pass, reading each output once: as cheap as the tuple of names it replaces.
     names: list[str] = []
     for out in outputs:
@@ -311,7 +384,9 @@ def _requested_outputs(
         if len(name) > MAX_NAME_LENGTH:
             raise _name_too_long(model, "output", name)
         if out.parameters:
-            _check_tensor_parameters(model, f"output '{name}'", out.parameters, output=True)
+            where = _shared_tensor(model, f"output '{name}'", out.parameters, output=True)
+            if where is not None:
+                shared[name] = where
         names.append(name)
     if len(names) > 1 and len(set(names)) != len(names):
         seen: set[str] = set()
@@ -320,6 +395,82 @@ def _requested_outputs(
                 raise InvalidInputError(f"model '{model}': output '{name}' is requested twice")
             seen.add(name)
     return tuple(names)
+
+
+def _check_input_name(model: str, name: str, seen: Mapping[str, str]) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise _name_too_long(model, "input", name)
+    if name in seen:
+        raise InvalidInputError(f"model '{model}': input '{name}' is given twice")
+
+
+def _contents_and_raw(model: str, name: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"model '{model}' input '{name}': data given both in contents and "
+        "raw_input_contents (use one)"
+    )
+
+
+def _decode_mixed(
+    model: str,
+    msg: pb.ModelInferRequest,
+    inputs: dict[str, np.ndarray],
+    datatypes: dict[str, str],
+) -> dict[str, tuple[SharedTensor, str, tuple[int, ...]]] | None:
+    """Decode inputs when not every one has a raw_input_contents entry.
+
+    As in Triton: an input with shared-memory parameters takes its data from its region
+    (read by the shared-memory stage; here only its shape is checked) and no raw entry;
+    the other inputs take the raw entries in order, or their ``contents`` when the
+    message has no raw entries at all. Returns the shared-memory inputs (None: none).
+    """
+    raw = msg.raw_input_contents
+    n_raw = len(raw)
+    shared: dict[str, tuple[SharedTensor, str, tuple[int, ...]]] | None = None
+    used = 0
+    for tensor in msg.inputs:
+        name = tensor.name
+        _check_input_name(model, name, datatypes)
+        where = (
+            _shared_tensor(model, f"input '{name}'", tensor.parameters, output=False)
+            if tensor.parameters
+            else None
+        )
+        if where is not None:
+            if tensor.HasField("contents"):
+                raise InvalidInputError(
+                    f"model '{model}' input '{name}': unexpected 'contents' for an input in "
+                    f"shared memory (region '{where.region[:_QUOTE_LIMIT]}')"
+                )
+            shape, _ = _checked_shape(model, tensor)
+            if shared is None:
+                shared = {}
+            shared[name] = (where, tensor.datatype, shape)
+        elif tensor.HasField("contents"):
+            if n_raw:
+                raise _contents_and_raw(model, name)
+            inputs[name] = _decode_tensor(model, tensor, None)
+        elif used < n_raw:
+            inputs[name] = _decode_tensor(model, tensor, raw[used])
+            used += 1
+        elif n_raw:
+            raise _raw_count(model, msg, n_raw)
+        else:  # no data anywhere: only an empty tensor fits
+            inputs[name] = _decode_tensor(model, tensor, None)
+        datatypes[name] = tensor.datatype
+    if used != n_raw:
+        raise _raw_count(model, msg, n_raw)
+    return shared
+
+
+def _raw_count(model: str, msg: pb.ModelInferRequest, n_raw: int) -> InvalidInputError:
+    in_memory = sum(1 for t in msg.inputs if "shared_memory_region" in t.parameters)
+    expected = len(msg.inputs) - in_memory
+    where = f" not in shared memory ({expected}; {in_memory} in shared memory)"
+    return InvalidInputError(
+        f"model '{model}': expected one raw_input_contents entry per input"
+        f"{where if in_memory else f' ({expected})'}, got {n_raw}"
+    )
 
 
 def decode_infer_request(
@@ -340,38 +491,34 @@ def decode_infer_request(
         )
     raw = msg.raw_input_contents
     n_raw = len(raw)
-    if n_raw and n_raw != len(msg.inputs):
-        raise InvalidInputError(
-            f"model '{model}': expected one raw_input_contents entry per input "
-            f"({len(msg.inputs)}), got {n_raw}"
-        )
+    tensors = msg.inputs
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
-    for index, tensor in enumerate(msg.inputs):
-        name = tensor.name
-        if len(name) > MAX_NAME_LENGTH:
-            raise _name_too_long(model, "input", name)
-        if name in inputs:
-            raise InvalidInputError(f"model '{model}': input '{name}' is given twice")
-        if n_raw and tensor.HasField("contents"):
-            raise InvalidInputError(
-                f"model '{model}' input '{name}': data given both in contents and "
-                "raw_input_contents (use one)"
-            )
-        # Only without raw contents, where shared-memory inputs land: with raw data no
-        # tensor parameter changes what the data means, and reading an input's
-        # parameters costs a map wrapper per input on the hot path.
-        if not n_raw and tensor.parameters:
-            _check_tensor_parameters(model, f"input '{name}'", tensor.parameters, output=False)
-        inputs[name] = _decode_tensor(model, tensor, raw[index] if n_raw else None)
-        datatypes[name] = tensor.datatype
+    if n_raw == len(tensors):
+        # Every input's data is in raw_input_contents (the common case): no tensor
+        # parameter changes what the data means, and reading an input's parameters
+        # costs a map wrapper per input on the hot path.
+        for index, tensor in enumerate(tensors):
+            name = tensor.name
+            if len(name) > MAX_NAME_LENGTH or name in datatypes:  # inline: per input
+                _check_input_name(model, name, datatypes)
+            if tensor.HasField("contents"):
+                raise _contents_and_raw(model, name)
+            inputs[name] = _decode_tensor(model, tensor, raw[index])
+            datatypes[name] = tensor.datatype
+        shared_inputs = None
+    else:
+        shared_inputs = _decode_mixed(model, msg, inputs, datatypes)
+    shared_outputs: dict[str, SharedTensor] = {}
     outputs = msg.outputs
     request = InferenceRequest(
         inputs=inputs,
-        requested_outputs=_requested_outputs(model, outputs) if outputs else (),
+        requested_outputs=_requested_outputs(model, outputs, shared_outputs) if outputs else (),
         id=msg.id,
         deadline=deadline,
     )
+    if shared_inputs or shared_outputs:
+        request.shared = SharedTensors(shared_inputs or {}, shared_outputs)
     if msg.parameters:
         _apply_request_parameters(model, request, msg.parameters)
     return request, datatypes
@@ -385,9 +532,13 @@ def encode_infer_response(
     outputs = response.outputs
     raw = response.raw_output_contents
     output_specs = spec.output_map
+    shared = result.shared_outputs
     for name, array in result.outputs.items():
         datatype = output_specs[name].datatype
         outputs.add(name=name, datatype=datatype, shape=array.shape)
+        if shared and name in shared:
+            raw.append(b"")  # written into its region; one entry per output, as Triton
+            continue
         raw.append(serialize_bytes(array) if datatype == "BYTES" else array.tobytes())
     return response
 
@@ -406,12 +557,27 @@ def stream_error_response(msg: pb.ModelInferRequest, message: str) -> pb.ModelSt
     )
 
 
+def routing_key(msg: pb.ModelInferRequest) -> str:
+    """The request parameter ``routing_key`` (a string; "" when absent), for traffic splits.
+
+    Raises InvalidInputError for a ``routing_key`` that is not a string_param.
+    """
+    parameters = msg.parameters
+    if not parameters or "routing_key" not in parameters:
+        return ""
+    value = parameters["routing_key"]
+    if value.WhichOneof("parameter_choice") != "string_param":
+        raise _bad_parameter(value, msg.model_name, "routing_key", "string_param")
+    return value.string_param
+
+
 class GrpcCodec:
     """ModelInferRequest in, ModelInferResponse out (the data plane's Codec for gRPC)."""
 
     __slots__ = ()
     decode = staticmethod(decode_infer_request)
     encode = staticmethod(encode_infer_response)
+    routing_key = staticmethod(routing_key)
 
 
 GRPC_CODEC = GrpcCodec()

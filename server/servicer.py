@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import json_format
 
-from batchwire.core.errors import InferenceError, UnsupportedError
+from batchwire.core.errors import InferenceError
 from batchwire.protos import grpc_service_pb2 as pb
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 from batchwire.server.access import CURRENT_PRINCIPAL
@@ -218,7 +218,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def RepositoryModelLoad(self, request, context):
-        await self.dataplane.load_model(request.model_name, request.parameters)
+        parameters = {
+            key: None if choice is None else getattr(value, choice)
+            for key, value in request.parameters.items()
+            for choice in (value.WhichOneof("parameter_choice"),)
+        }
+        await self.dataplane.load_model(request.model_name, parameters)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
@@ -252,28 +257,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             setattr(response.settings[key], _LOG_FIELDS[type(value)], value)
         return response
 
-    # Not implemented -----------------------------------------------------
+    # Shared memory -------------------------------------------------------
 
     async def SystemSharedMemoryStatus(self, request, context):
-        _shared_memory()
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.dataplane.shared_memory.status(request.name):
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name,
+                    key=region.key,
+                    offset=region.offset,
+                    byte_size=region.byte_size,
+                )
+            )
+        return response
 
     async def SystemSharedMemoryRegister(self, request, context):
-        _shared_memory()
+        self.dataplane.shared_memory.register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
 
     async def SystemSharedMemoryUnregister(self, request, context):
-        _shared_memory()
+        self.dataplane.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request, context):
-        _shared_memory()
+        self.dataplane.shared_memory.cuda_status(request.name)
+        return pb.CudaSharedMemoryStatusResponse()
 
     async def CudaSharedMemoryRegister(self, request, context):
-        _shared_memory()
+        self.dataplane.shared_memory.cuda_register(request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
 
     async def CudaSharedMemoryUnregister(self, request, context):
-        _shared_memory()
-
-
-def _shared_memory() -> None:
-    raise UnsupportedError(
-        "batchwire does not implement shared-memory tensors; send tensor data in raw_input_contents"
-    )
+        self.dataplane.shared_memory.cuda_unregister(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()

@@ -65,11 +65,11 @@ def test_server_metadata_names_the_extensions(stub) -> None:
 
 def test_repository_control_refusals(stub) -> None:
     request = pb.RepositoryModelLoadRequest(model_name="versioned")
-    request.parameters["config"].string_param = "{}"
+    request.parameters["bogus"].bool_param = True
     assert status_of(lambda: stub.RepositoryModelLoad(request)) == (
         INVALID,
-        "RepositoryModelLoad parameters (config or file overrides) are not supported; "
-        "got ['config']",
+        "Unrecognized load parameter 'bogus' with type 'BOOL' "
+        "(expected 'config' (string) and 'file:<version>/<path>' (bytes))",
     )
     code, details = status_of(
         lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="missing"))
@@ -99,18 +99,30 @@ def test_statistics_and_settings_refusals(stub) -> None:
 @pytest.mark.parametrize(
     "method",
     [
-        "SystemSharedMemoryStatus",
         "SystemSharedMemoryRegister",
         "SystemSharedMemoryUnregister",
-        "CudaSharedMemoryStatus",
         "CudaSharedMemoryRegister",
         "CudaSharedMemoryUnregister",
     ],
 )
-def test_shared_memory_is_unimplemented(stub, method: str) -> None:
+def test_shared_memory_changes_are_unimplemented_while_client_shm_is_off(stub, method) -> None:
+    # Triton's default and message (--allow-client-shm=false); status reads still answer.
     request = getattr(pb, f"{method}Request")()
     assert status_of(lambda: getattr(stub, method)(request)) == (
         grpc.StatusCode.UNIMPLEMENTED,
-        "batchwire does not implement shared-memory tensors; send tensor data in "
-        "raw_input_contents",
+        "Client shared memory is disabled. Start the server with "
+        "'--allow-client-shm=true' to enable.",
     )
+
+
+@pytest.mark.parametrize("kind", ["System", "Cuda"])
+def test_shared_memory_status_lists_nothing_while_client_shm_is_off(stub, kind: str) -> None:
+    request = getattr(pb, f"{kind}SharedMemoryStatusRequest")()
+    assert not getattr(stub, f"{kind}SharedMemoryStatus")(request, timeout=10).regions
+    code, details = status_of(
+        lambda: getattr(stub, f"{kind}SharedMemoryStatus")(
+            getattr(pb, f"{kind}SharedMemoryStatusRequest")(name="r0"), timeout=10
+        )
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "shared memory region: 'r0'" in details

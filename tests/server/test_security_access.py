@@ -247,6 +247,11 @@ def test_each_scope_allows_its_operations_and_refuses_the_rest(
         ("LogSettings", pb.LogSettingsRequest()),
         ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name="mlp")),
         ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest()),
+        (
+            "SystemSharedMemoryRegister",
+            pb.SystemSharedMemoryRegisterRequest(name="r", key="/k", byte_size=64),
+        ),
+        ("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest()),
     ):
         error = refusal(
             lambda m=method, r=message: getattr(stub, m)(

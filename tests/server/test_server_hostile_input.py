@@ -425,20 +425,22 @@ def test_input_shared_memory_parameters_of_the_wrong_type(
     )
 
 
-def test_shared_memory_is_unimplemented(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+def test_shared_memory_is_unimplemented_while_client_shm_is_off(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # Triton's default (--allow-client-shm=false) and its answer; tests/server/
+    # test_shared_memory.py has shared memory on.
     request = pb.ModelInferRequest(model_name="mlp")
     tensor = request.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 64])
     tensor.parameters["shared_memory_region"].string_param = "region0"
     tensor.parameters["shared_memory_byte_size"].int64_param = 256
-    assert_refused(
-        stub,
-        request,
-        UNIMPLEMENTED,
-        "input 'INPUT__0': shared memory is not supported (tensor data go in raw_input_contents)",
-    )
+    disabled = "Client shared memory is disabled. Start the server with '--allow-client-shm=true'"
+    assert_refused(stub, request, UNIMPLEMENTED, disabled)
     request = mlp_request()
-    request.outputs.add(name="OUTPUT__0").parameters["shared_memory_region"].string_param = "r"
-    assert_refused(stub, request, UNIMPLEMENTED, "output 'OUTPUT__0': shared memory")
+    output = request.outputs.add(name="OUTPUT__0")
+    output.parameters["shared_memory_region"].string_param = "r"
+    output.parameters["shared_memory_byte_size"].int64_param = 40
+    assert_refused(stub, request, UNIMPLEMENTED, disabled)
 
 
 @pytest.mark.parametrize(

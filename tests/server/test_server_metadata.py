@@ -121,18 +121,3 @@ def test_reflection_lists_and_describes_the_service(server_address: str) -> None
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
     assert described.file_descriptor_response.file_descriptor_proto
     assert health.file_descriptor_response.file_descriptor_proto
-
-
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda s: s.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()),
-        lambda s: s.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest(name="x")),
-    ],
-    ids=["system_shm_status", "cuda_shm_register"],
-)
-def test_unimplemented_rpcs_say_so(stub, call) -> None:
-    with pytest.raises(grpc.RpcError) as err:
-        call(stub)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "raw_input_contents" in err.value.details()
