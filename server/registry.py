@@ -5,15 +5,31 @@ file is blocking work and runs in a worker thread; the registry's tables are
 only mutated on the loop, so lookups need no lock. One asyncio lock per model
 name serializes load/unload of that model.
 
-Reloads follow Triton's rule: the new versions load next to the serving ones and
-replace them only once up, so a reload drops no traffic; when they fail, a model
-that has a ready version keeps its loaded versions unchanged.
+Reloads follow Triton's rule: the new versions load (and warm up) next to the serving
+ones and replace them only once all are up; when they fail, a model that has a ready
+version keeps its loaded versions unchanged, and their RepositoryIndex reason says why
+the reload failed (Triton reports a failed update the same way: the version stays
+READY, with a reason) until the next load of the model.
+
+No request is lost to a reload or an unload. The swap is one assignment on the loop,
+and in the same loop step, before any await, each replaced version gives up its
+batcher (``ServedModel.batcher`` None, state UNLOADING): a request resolved from then
+on gets the new versions. A request that was resolved before the swap is either in
+its batcher's queue already (the inference stages do not await between resolving a
+version and submitting to its batcher), and the batcher drains it, or it finds no
+batcher at submit and is resolved once more, to the versions that serve now (see
+request_stages.Submit). Replaced
+versions drain and stop concurrently; the folder they were loaded from, when it was a
+load request's private override folder (``ModelEntry.workdir``), is removed once they
+are stopped, as it is when the model is unloaded or the server stops.
 
 A loaded version whose instances are all hung (the batcher's hang watchdog, config
 parameter ``batchwire.hang_timeout_ms``) is not ready until a batch returns:
 ModelReady says false and listeners (health) are told; it stays the model's
 latest version, so requests reach its batcher, which refuses them naming the hang.
-Server readiness does not change: one stuck model does not take the server down.
+RepositoryIndex agrees with ModelReady (:meth:`ServedModel.status`): the version is
+listed UNAVAILABLE with a reason naming the hang. Server readiness does not change:
+one stuck model does not take the server down.
 """
 
 from __future__ import annotations
@@ -24,8 +40,10 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from batchwire.batching import ModelBatcher
+from batchwire.batching.batcher import DEFAULT_HANG_TIMEOUT_MS, HANG_TIMEOUT_KEY
 from batchwire.core.errors import (
     ModelLoadError,
     ModelNotFoundError,
@@ -35,6 +53,7 @@ from batchwire.core.observer import BatchObserver
 from batchwire.core.spec import ModelSpec
 from batchwire.protos import model_config_pb2
 from batchwire.server.repository import ModelEntry, ModelRepository, ModelVersionSource
+from batchwire.server.repository.overrides import remove_override_folder
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +86,18 @@ class ServedModel:
             self.batcher is not None and self.batcher.hung
         )
 
+    def status(self) -> tuple[str, str]:
+        """(state, reason) as RepositoryIndex lists them; a hung version is UNAVAILABLE."""
+        batcher = self.batcher
+        if self.state is ModelState.READY and batcher is not None and batcher.hung:
+            timeout = self.spec.parameters.get(HANG_TIMEOUT_KEY) if self.spec else None
+            return ModelState.UNAVAILABLE.value, (
+                f"hung: its {batcher.hung_instances} instance(s) have each been running a "
+                f"batch for more than {HANG_TIMEOUT_KEY}="
+                f"{timeout or DEFAULT_HANG_TIMEOUT_MS} ms; not ready until a batch returns"
+            )
+        return self.state.value, self.reason
+
 
 @dataclass(slots=True)
 class _ModelVersions:
@@ -78,6 +109,8 @@ class _ModelVersions:
     latest: ServedModel | None = None
     #: Unloaded on request: listed by the index, not counted against server readiness.
     unloaded: bool = False
+    #: The private override folder the versions were loaded from (ModelEntry.workdir).
+    workdir: Path | None = None
 
     def refresh_latest(self) -> None:
         ready = [m for m in self.versions.values() if m.ready]
@@ -104,6 +137,7 @@ class ModelRegistry:
         self._models: dict[str, _ModelVersions] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[StateListener] = []
+        self._closed = False
 
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(name, ready)`` after every load/unload of a model."""
@@ -204,12 +238,16 @@ class ModelRegistry:
         for entry in entries:
             await self._apply(entry)
 
-    async def load(self, name: str) -> ServedModel:
-        """(Re)load one model from the repository; raises ModelLoadError when it fails.
+    async def load(self, name: str, entry: ModelEntry | None = None) -> ServedModel:
+        """(Re)load one model; raises ModelLoadError when it fails.
 
+        ``entry``: the versions to serve, already discovered (a load request's overrides,
+        :meth:`ModelRepository.discover_override`); None reads the repository's folder.
         A model that is serving keeps its loaded versions when the reload fails.
         """
-        entry = await asyncio.to_thread(self.repository.discover_model, name)
+        if entry is None:
+            entry = await asyncio.to_thread(self.repository.discover_model, name)
+        assert entry.name == name, (entry.name, name)
         failure = await self._apply(entry)
         if failure:
             raise ModelLoadError(failure)
@@ -229,13 +267,15 @@ class ModelRegistry:
             entry = self._models[name]
             entry.unloaded = True
             entry.latest = None
-            await self._stop_versions(list(entry.versions.values()))
+            await self._stop(self._detach(entry.versions.values()))
+            await self._remove_workdir(entry)
             if forget and self._models.get(name) is entry:
                 del self._models[name]
         self._notify(name, False)
 
     async def close(self) -> None:
-        """Unload every model (server shutdown)."""
+        """Unload every model (server shutdown); later loads are refused."""
+        self._closed = True
         for name in list(self._models):
             await self.unload(name)
         self._models.clear()
@@ -248,12 +288,17 @@ class ModelRegistry:
 
         Triton's reload rule: a model that has a ready version keeps its loaded
         versions, unchanged, when the new ones fail (bad config, a version that does
-        not load); the new ones are stopped and the failure is logged and returned.
+        not load); the new ones are stopped, the failure is logged and returned, and
+        the reason of the versions that keep serving says it.
         """
         name = entry.name
         async with self._lock(name):
+            if self._closed:
+                if entry.workdir is not None:
+                    await asyncio.to_thread(remove_override_folder, entry.workdir)
+                return f"model '{name}' was not loaded: the server is shutting down"
             old = self._models.get(name)
-            fresh = _ModelVersions(error=entry.error or "")
+            fresh = _ModelVersions(error=entry.error or "", workdir=entry.workdir)
             if entry.error:
                 log.error("model '%s' is unavailable: %s", name, entry.error)
             sources: list[ModelVersionSource] = list(entry.versions or [])
@@ -276,12 +321,21 @@ class ModelRegistry:
                     name,
                     failure,
                 )
-                await self._stop_versions(list(fresh.versions.values()))
+                for served in old.versions.values():
+                    if served.state is ModelState.READY:
+                        served.reason = f"failed to reload, this version keeps serving: {failure}"
+                await self._stop(self._detach(fresh.versions.values()))
+                await self._remove_workdir(fresh)
                 return failure
-            # Swap only after the new versions are up, so a reload never drops traffic.
+            # The swap, and the old versions giving up their batchers, in one loop step:
+            # every request resolved from here on reaches a new version.
             self._models[name] = fresh
             if old is not None:
-                await self._stop_versions(list(old.versions.values()))
+                await self._stop(self._detach(old.versions.values()))
+                if old.workdir != fresh.workdir:
+                    await self._remove_workdir(old)
+            if fresh.latest is None:  # nothing runs from its override folder
+                await self._remove_workdir(fresh)
         self._notify(name, fresh.latest is not None)
         return failure
 
@@ -316,20 +370,45 @@ class ModelRegistry:
         )
         return served
 
-    async def _stop_versions(self, versions: list[ServedModel]) -> None:
+    @staticmethod
+    def _detach(versions: Iterable[ServedModel]) -> list[tuple[ServedModel, ModelBatcher]]:
+        """Take each version's batcher away now, before any await; state UNLOADING.
+
+        From then on a resolved request finds no batcher (not ready) instead of reaching
+        one that is stopping, while the batcher still answers what it holds.
+        """
+        detached = []
         for served in versions:
-            if served.batcher is None:
-                continue
-            served.state = ModelState.UNLOADING
-            try:
-                await served.batcher.stop(drain=True)
-            except Exception:
-                log.exception(
-                    "error while stopping model '%s' version %s", served.name, served.version
+            if served.batcher is not None:
+                detached.append((served, served.batcher))
+                served.batcher = None
+                served.state = ModelState.UNLOADING
+        return detached
+
+    @staticmethod
+    async def _stop(detached: list[tuple[ServedModel, ModelBatcher]]) -> None:
+        """Drain and stop detached batchers, all at once; then mark their versions unloaded."""
+        results = await asyncio.gather(
+            *(batcher.stop(drain=True) for _, batcher in detached), return_exceptions=True
+        )
+        for (served, _), result in zip(detached, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error(
+                    "error while stopping model '%s' version %s",
+                    served.name,
+                    served.version,
+                    exc_info=result,
                 )
-            served.batcher = None
             served.state = ModelState.UNAVAILABLE
             served.reason = "unloaded"
+
+    @staticmethod
+    async def _remove_workdir(entry: _ModelVersions) -> None:
+        """Remove the private override folder ``entry``'s versions were loaded from."""
+        if entry.workdir is not None:
+            workdir, entry.workdir = entry.workdir, None
+            await asyncio.to_thread(remove_override_folder, workdir)
+            log.info("removed the override folder %s", workdir)
 
     def _hang_changed(self, name: str) -> None:
         """A version's batcher became hung or recovered: readiness may have changed."""

@@ -114,20 +114,37 @@ class Validate(Stage):
 class Submit(Stage):
     """Hands ``call.request`` to the model version's batcher; the result is the batcher's.
 
-    The last stage of every chain. Raises ModelNotReadyError when the version lost its
-    batcher since it was resolved (unloaded meanwhile), else what the batcher raises.
+    The last stage of every chain. A version that lost its batcher since it was
+    resolved was replaced by a reload (or unloaded) while the request was in a stage
+    that waits: the request is resolved once more, against the model version that
+    serves now (checked against that version's inputs if its configuration differs),
+    so a reload never fails a request that was already on its way. Raises
+    ModelNotReadyError when nothing serves it any more, else what the batcher raises.
     """
 
-    __slots__ = ()
+    __slots__ = ("_get",)
 
     def __init__(self, plane: DataPlane, model: str | None) -> None:
         super().__init__()
+        self._get = plane.registry.get
 
     def __call__(self, call: InferenceCall) -> Awaitable[InferenceResult]:
         served = call.served
         batcher = served.batcher  # type: ignore[union-attr]
         if batcher is None:
+            return self._resolved_again(call)
+        return batcher.submit(call.request)  # type: ignore[arg-type]
+
+    def _resolved_again(self, call: InferenceCall) -> Awaitable[InferenceResult]:
+        served = call.served
+        assert served is not None
+        again = self._get(call.model, call.version)
+        batcher = again.batcher
+        if batcher is None:
             raise ModelNotReadyError(
-                f"model '{served.name}' version '{served.version}' is not ready"  # type: ignore[union-attr]
+                f"model '{served.name}' version '{served.version}' is not ready"
             )
+        if again.spec != served.spec:
+            validate_request(again.spec, call.request, call.datatypes)  # type: ignore[arg-type]
+        call.served = again
         return batcher.submit(call.request)  # type: ignore[arg-type]

@@ -113,8 +113,9 @@ def _execution(fmt: Format, options: BatchwireOptions) -> ExecutionSpec:
     return ExecutionSpec(intra_op_threads=options.intra_op_threads, inline_below_us=inline)
 
 
-def _warmups(config: mc.ModelConfig, model_dir: Path) -> tuple[WarmupSpec, ...]:
+def _warmups(config: mc.ModelConfig, model_dir: Path, path: object) -> tuple[WarmupSpec, ...]:
     warmups = []
+    folder = model_dir / WARMUP_DIR
     for warmup in config.model_warmup:
         inputs: dict[str, tuple[str, tuple[int, ...], str]] = {}
         for name, sample in sorted(warmup.inputs.items()):
@@ -124,7 +125,18 @@ def _warmups(config: mc.ModelConfig, model_dir: Path) -> tuple[WarmupSpec, ...]:
             elif source == "random_data":
                 fill = "random"
             else:
-                fill = str(model_dir / WARMUP_DIR / sample.input_data_file)
+                # validate_config refused '..' and absolute paths; a symbolic link
+                # leading out of the warmup folder is refused here, where the folder is
+                # known (the server must not read files outside the model).
+                data_file = folder / sample.input_data_file
+                if not data_file.resolve().is_relative_to(folder.resolve()):
+                    raise load_error(
+                        path,
+                        f"model_warmup '{warmup.name}'.inputs['{name}'].input_data_file",
+                        f"'{sample.input_data_file}' resolves outside the model's warmup "
+                        "folder (a symbolic link leading out is not followed)",
+                    )
+                fill = str(data_file)
             inputs[name] = (_v2(sample.data_type), tuple(sample.dims), fill)
         warmups.append(
             WarmupSpec(
@@ -152,7 +164,7 @@ def config_to_spec(
             outputs=tuple(_tensor(t, False) for t in config.output),
             batching=_batching(config, options),
             instance_groups=_instance_groups(config),
-            warmup=_warmups(config, model_dir),
+            warmup=_warmups(config, model_dir, path),
             execution=_execution(fmt, options),
             parameters={key: p.string_value for key, p in sorted(config.parameters.items())},
             max_input_bytes=options.max_input_bytes or 0,

@@ -26,6 +26,15 @@ INLINE_BELOW_US = "batchwire.inline_below_us"
 MAX_INPUT_BYTES = "batchwire.max_input_bytes"
 #: Read by the batcher from ``ModelSpec.parameters`` (batching/batcher.py); checked here.
 HANG_TIMEOUT_MS = "batchwire.hang_timeout_ms"
+#: Read by the traffic split stage (server/traffic_split.py); checked here.
+TRAFFIC = "batchwire.traffic"
+#: Read by the shadow stage (server/shadow.py); checked here.
+SHADOW = "batchwire.shadow"
+SHADOW_TOLERANCE = "batchwire.shadow_tolerance"
+#: Read by the traffic split stage (server/rollback.py); checked here.
+ROLLBACK = "batchwire.rollback"
+#: Read by the response cache stage (server/response_cache_stage.py); checked here.
+COALESCE = "batchwire.coalesce"
 
 KNOWN_KEYS = (
     ADAPTIVE_DELAY,
@@ -37,6 +46,11 @@ KNOWN_KEYS = (
     INLINE_BELOW_US,
     MAX_INPUT_BYTES,
     HANG_TIMEOUT_MS,
+    TRAFFIC,
+    SHADOW,
+    SHADOW_TOLERANCE,
+    ROLLBACK,
+    COALESCE,
 )
 #: keys that only matter with dynamic_batching.
 BATCHING_KEYS = (ADAPTIVE_DELAY, RAGGED_PAD_VALUE, RETRY_BY_HALVES, SPLIT_ON_OOM)
@@ -133,6 +147,24 @@ def parse_options(config: mc.ModelConfig, path: object) -> BatchwireOptions:
     def integer(key: str, minimum: int) -> int | None:
         return parse_int(params[key], key, path, minimum) if key in params else None
 
+    # Imported here: each parser lives with its stage (server/traffic_split, server/shadow).
+    from batchwire.server.rollback import parse_rollback
+    from batchwire.server.shadow import parse_shadow, parse_tolerance
+    from batchwire.server.traffic_split import parse_traffic
+
+    for key, parse in (
+        (TRAFFIC, parse_traffic),
+        (SHADOW, parse_shadow),
+        (SHADOW_TOLERANCE, parse_tolerance),
+        (ROLLBACK, parse_rollback),
+    ):
+        if key in params:
+            try:
+                parse(params[key])
+            except ValueError as exc:
+                raise load_error(path, _field(key), str(exc)) from None
+
+    flag(COALESCE)  # checked here; read by the response cache stage
     return BatchwireOptions(
         adaptive_delay=flag(ADAPTIVE_DELAY),
         ragged_pad_value=pad,

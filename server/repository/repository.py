@@ -12,6 +12,11 @@ error message instead. No model is loaded from outside the root: a model
 folder, every linked entry directly in it and each model file must resolve
 inside the root (:mod:`~batchwire.server.repository.names`), or the model fails
 with that reason.
+
+:meth:`ModelRepository.discover_override` reads a model as a load request's overrides
+describe it (:mod:`~batchwire.server.repository.overrides`): a JSON config instead of
+the config.pbtxt, and with file overrides a private model folder instead of the
+repository's; there the model files must resolve inside that private folder.
 """
 
 from __future__ import annotations
@@ -21,11 +26,21 @@ from pathlib import Path
 
 from batchwire.core.errors import ModelLoadError, ModelNameError
 from batchwire.core.model import Model
+from batchwire.protos import model_config_pb2 as mc
 from batchwire.server.repository.config import load_config
 from batchwire.server.repository.convert import config_to_spec
 from batchwire.server.repository.errors import load_error
 from batchwire.server.repository.loaders import load_model
 from batchwire.server.repository.names import check_inside, check_model_name
+from batchwire.server.repository.overrides import (
+    CONFIG_OVERRIDE,
+    LoadOverrides,
+    OverrideError,
+    override_config,
+    remove_override_folder,
+    write_override_folder,
+)
+from batchwire.server.repository.platforms import Format
 from batchwire.server.repository.source import ModelEntry, ModelVersionSource
 from batchwire.server.repository.versions import available_versions, select_versions
 
@@ -117,9 +132,67 @@ class ModelRepository:
         )
         return ModelEntry(name=name, path=model_dir, versions=versions)
 
-    def _versions(self, model_dir: Path) -> list[ModelVersionSource]:
-        config, fmt = load_config(model_dir)
-        config_file = model_dir / "config.pbtxt"
+    def discover_override(self, name: str, overrides: LoadOverrides) -> ModelEntry:
+        """Read model ``name`` as ``overrides`` describe it (a non-empty LoadOverrides).
+
+        With file overrides the model folder is a new private one holding only those
+        files (the returned entry's ``workdir``: the caller removes it once done with
+        the versions; it is removed here when this raises), so the model need not be in
+        the repository; without them it is the repository's folder, read with the JSON
+        config instead of its config.pbtxt.
+
+        Raises ModelNameError for a bad name or a repository folder leading outside the
+        root, ModelLoadError when the repository has no such folder (config override
+        alone), and OverrideError (one line, ``Invalid config override: ...``) when the
+        config is not valid JSON or not a valid config for the files it would serve.
+        """
+        assert overrides.config is not None  # parse_load_parameters enforces it
+        workdir: Path | None = None
+        if overrides.files:
+            check_model_name(name)
+            model_dir = workdir = write_override_folder(name, overrides.files)
+            real_root = model_dir.parent.resolve()
+        else:
+            model_dir = self.model_folder(name)
+            real_root = self.root.resolve()
+        try:
+            config, fmt = override_config(overrides.config, model_dir)
+            versions = self._versions(model_dir, (config, fmt, CONFIG_OVERRIDE), real_root)
+        except ModelLoadError as exc:
+            if workdir is not None:
+                remove_override_folder(workdir)
+            problem = str(exc).removeprefix(f"{CONFIG_OVERRIDE}: ")
+            raise OverrideError(f"Invalid config override: {problem}") from None
+        except BaseException:
+            if workdir is not None:
+                remove_override_folder(workdir)
+            raise
+        where = "a private folder (file overrides)" if workdir else "the repository"
+        log.info(
+            "model '%s': config override, %s, version(s) %s from %s",
+            name,
+            versions[0].spec.platform,
+            ", ".join(v.version for v in versions),
+            where,
+        )
+        return ModelEntry(name=name, path=model_dir, versions=versions, workdir=workdir)
+
+    def _versions(
+        self,
+        model_dir: Path,
+        override: tuple[mc.ModelConfig, Format, str] | None = None,
+        real_root: Path | None = None,
+    ) -> list[ModelVersionSource]:
+        """The versions to serve; ``override``: (filled config, format, what errors name)
+        instead of the config.pbtxt; model files must resolve inside ``real_root`` (the
+        repository root's resolved path when None)."""
+        if override is None:
+            config, fmt = load_config(model_dir)
+            config_file: object = model_dir / "config.pbtxt"
+        else:
+            config, fmt, config_file = override
+        if real_root is None:
+            real_root = self.root.resolve()
         numbers = select_versions(config.version_policy, available_versions(model_dir), config_file)
         sources = []
         for number in numbers:
@@ -132,7 +205,7 @@ class ModelRepository:
                 spec=config_to_spec(config, fmt, version, model_dir, config_file),
                 format=fmt,
             )
-            check_inside(model_dir.name, source.model_file, self.root.resolve(), "model file")
+            check_inside(model_dir.name, source.model_file, real_root, "model file")
             if not source.model_file.is_file():
                 raise load_error(
                     source.model_file,

@@ -39,6 +39,11 @@ class ModelEntry:
     versions: list[ModelVersionSource] = field(default_factory=list)
     #: The ModelLoadError message when the model cannot be served; None when ok.
     error: str | None = None
+    #: The private folder ``path`` is in when the versions come from a load request's
+    #: file overrides (:mod:`~batchwire.server.repository.overrides`); whoever serves them
+    #: removes it (remove_override_folder) once they are unloaded or replaced. None when
+    #: the versions come from the repository itself.
+    workdir: Path | None = None
 
     @property
     def ok(self) -> bool:

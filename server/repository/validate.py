@@ -2,7 +2,7 @@
 
 Each check raises a ModelLoadError naming the file, the field, and expected
 versus got. Fields batchwire does not act on but that cannot change results
-(``optimization``, ``response_cache``, rate limiters...) are logged as a
+(``optimization``, rate limiters...) are logged as a
 warning once per file and field instead, so Triton repositories still load.
 """
 
@@ -28,7 +28,6 @@ IGNORED_MODEL_FIELDS = (
     "cc_model_filenames",
     "metric_tags",
     "model_repository_agents",
-    "response_cache",
 )
 #: ModelInstanceGroup fields that are accepted but have no effect in batchwire.
 IGNORED_GROUP_FIELDS = ("rate_limiter", "secondary_devices", "profile", "passive", "host_policy")

@@ -129,10 +129,10 @@ async def test_metadata_is_protocol_neutral(registry: ModelRegistry) -> None:
 async def test_repository_control_reports_why_it_refuses(registry: ModelRegistry) -> None:
     plane = DataPlane(registry, model_control_mode="explicit")
     with pytest.raises(InvalidSettingError) as err:
-        await plane.load_model("versioned", {"config": "{}", "file:1/model.py": b""})
+        await plane.load_model("versioned", {"bogus": True})
     assert err.value.message == (
-        "RepositoryModelLoad parameters (config or file overrides) are not supported; "
-        "got ['config', 'file:1/model.py']"
+        "Unrecognized load parameter 'bogus' with type 'BOOL' "
+        "(expected 'config' (string) and 'file:<version>/<path>' (bytes))"
     )
     with pytest.raises(ModelLoadFailedError, match=r"failed to load 'missing': .*model folder"):
         await plane.load_model("missing")
