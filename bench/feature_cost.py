@@ -1,7 +1,8 @@
 """What a request-path feature costs: one build served twice, the feature off and on.
 
-``python -m batchwire.bench.feature_cost --feature token-auth|restricted|limits|none
-[--rounds 6] [--interval-ms 3000] [--scenarios c32_unary,c1_unary] [--model mlp]
+``python -m batchwire.bench.feature_cost
+--feature token-auth|restricted|limits|response-cache|none [--rounds 6]
+[--interval-ms 3000] [--scenarios c32_unary,c1_unary] [--model mlp]
 [--out results/features] [--perf-analyzer PATH]``
 
 Two ``batchwire serve`` processes of this checkout on free loopback ports, identical
@@ -18,6 +19,11 @@ the requests are byte for byte the same and only the server's work differs:
 - ``none``: nothing turned on: the ratio's noise floor on this machine.
 - ``limits``: ``--max-inflight-requests`` and ``--max-inflight-requests-per-connection``
   set far above the load (the accounting is paid, nothing is refused).
+- ``response-cache``: ``--cache-config local,size=64 MiB`` and ``response_cache {
+  enable: true }`` in every exported model's config (the off side has no cache, so
+  it runs every request; docs/response-cache.md). perf_analyzer sends the same data
+  every time, so every request on the on side is a hit: the ratio is what a hit
+  saves against running the model, not a cost.
 
 Writes ``feature_cost_<feature>.json`` and ``.png`` into ``--out``; ``ratio`` = on / off
 throughput (median over rounds; target >= 0.95 at c=32), reported, never asserted.
@@ -75,6 +81,13 @@ def _auth_config(scratch: Path) -> list[str]:
     return ["--auth-config", str(path)]
 
 
+def _response_cache(scratch: Path) -> list[str]:
+    # Both servers read this repository; only the one given --cache-config caches.
+    for config in (scratch / "models").glob("*/config.pbtxt"):
+        config.write_text(config.read_text() + "\nresponse_cache { enable: true }\n")
+    return ["--cache-config", f"local,size={64 * 2**20}"]
+
+
 FEATURES = {
     feature.name: feature
     for feature in (
@@ -95,6 +108,7 @@ FEATURES = {
                 "100000",
             ],
         ),
+        Feature("response-cache", _response_cache),
     )
 }
 

@@ -6,6 +6,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -13,7 +14,14 @@ import torch
 from batchwire.examples.models import EXAMPLE_NAMES, build_model, config_text, get_example
 
 # EXAMPLE_NAMES: what export_examples writes by default.
-__all__ = ["EXAMPLE_NAMES", "EXAMPLE_VERSION", "export_example", "export_examples"]
+__all__ = [
+    "CANARY_NAME",
+    "EXAMPLE_NAMES",
+    "EXAMPLE_VERSION",
+    "export_canary",
+    "export_example",
+    "export_examples",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +62,43 @@ def export_examples(dest: Path, names: Iterable[str] | None = None) -> list[str]
     for name in chosen:
         export_example(dest, name)
     return chosen
+
+
+def _save_scripted(module: torch.nn.Module, path: Path) -> None:
+    torch.jit.script(module).save(str(path))
+
+
+#: The model :func:`export_canary` writes.
+CANARY_NAME = "mlp_canary"
+
+_CANARY_PARAMETERS = {
+    # 90 % of the requests that name no version on version 1, 10 % on the canary.
+    "batchwire.traffic": "1:90,2:10",
+    # Every request version 1 answers also runs on version 2; the answers are compared.
+    "batchwire.shadow": "2:100",
+    "batchwire.shadow_tolerance": "1e-3",
+    # Back to version 1 alone if the canary fails or disagrees too often.
+    "batchwire.rollback": "error_ratio>0.05 over 200; disagreement>0.5 over 500",
+}
+
+
+def export_canary(dest: Path) -> Path:
+    """Write ``<dest>/mlp_canary``: the mlp example as version 1, a retrained stand-in
+    (other seeded weights) as version 2, with a 90/10 traffic split, version 2 shadowing
+    version 1's requests, and a rollback gate (see the README's "Model versions")."""
+    from batchwire.examples.models import MLP, _seeded_init
+
+    model_dir = Path(dest) / CANARY_NAME
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+        for version, module in (("1", build_model("mlp")), ("2", _seeded_init(MLP(), 11).eval())):
+            version_dir = model_dir / version
+            version_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomically(version_dir / "model.pt", partial(_save_scripted, module))
+    config = config_text("mlp").replace('name: "mlp"', f'name: "{CANARY_NAME}"')
+    config += "version_policy: { all: {} }\n"
+    for key, value in _CANARY_PARAMETERS.items():
+        config += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+    _write_atomically(model_dir / "config.pbtxt", lambda tmp: tmp.write_text(config))
+    log.info("example '%s' written to %s", CANARY_NAME, model_dir)
+    return model_dir

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+import torch
 
 from batchwire.core.errors import ModelLoadError
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
@@ -31,8 +32,11 @@ from batchwire.server.model_control import ModelControlMode, RepositoryPoller, s
 from batchwire.server.reflection import enable_reflection
 from batchwire.server.registry import ModelRegistry
 from batchwire.server.repository import ModelRepository
+from batchwire.server.response_cache import ResponseCache, parse_cache_config
 from batchwire.server.servicer import InferenceServicer
 from batchwire.server.settings import ServerSettings
+from batchwire.server.shared_memory import SharedMemoryRegions
+from batchwire.server.shared_memory_control import SharedMemoryControl
 from batchwire.server.stages import STAGES
 from batchwire.server.status import DecodeChecked
 from batchwire.telemetry import Telemetry, TraceConfig
@@ -336,6 +340,11 @@ class BatchwireServer:
         except ModelLoadError as exc:
             raise StartupError(str(exc)) from None
         self.registry = ModelRegistry(repository, observer_factory=telemetry.observer_factory)
+        cache = parse_cache_config(settings.cache_config)  # checked by the settings already
+        response_cache = ResponseCache(cache.size) if cache is not None else None
+        if response_cache is not None:
+            # A model's entries go when it is (re)loaded or unloaded.
+            self.registry.add_listener(response_cache.model_changed)
         self.dataplane = DataPlane(
             self.registry,
             telemetry=telemetry,
@@ -346,7 +355,13 @@ class BatchwireServer:
             max_inflight_requests=settings.max_inflight_requests,
             max_inflight_requests_per_connection=settings.max_inflight_requests_per_connection,
             max_open_streams=settings.max_open_streams,
+            shared_memory=SharedMemoryControl(
+                SharedMemoryRegions() if settings.allow_client_shm else None,
+                cuda_available=torch.cuda.is_available(),
+            ),
+            response_cache=response_cache,
         )
+        telemetry.versions = self.dataplane
         if access.enforcing:
             telemetry.principal_requests = self.dataplane.principal_requests
             telemetry.access_refusals = access.refusals
@@ -358,8 +373,8 @@ class BatchwireServer:
         )
         from batchwire.protos import health_pb2_grpc
 
-        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, services)
-        enable_reflection(services)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, DecodeChecked(services))
+        enable_reflection(DecodeChecked(services))
         await server.start()
         await self._health.set_server(False)
         log.info(
@@ -419,6 +434,8 @@ class BatchwireServer:
             await self._server.stop(TRANSPORT_GRACE_S)
         if self.registry is not None:
             await self.registry.close()
+        if dataplane is not None and dataplane.shared_memory.regions is not None:
+            dataplane.shared_memory.regions.close()
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.close, min(max(grace, 1.0), 5.0))
         if self._examples_dir is not None:

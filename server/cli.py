@@ -191,6 +191,18 @@ def restricted_protocol(values: list[str] | None) -> list[str] | None:
     return values
 
 
+def cache_config(values: list[str] | None) -> list[str] | None:
+    """A typer ``callback``: the --cache-config values checked (exit 2, Triton's messages)."""
+    if values:
+        from batchwire.server.response_cache import CacheConfigError, parse_cache_config
+
+        try:
+            parse_cache_config(values)
+        except CacheConfigError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return values
+
+
 class ModelControlMode(str, enum.Enum):
     """Triton's --model-control-mode values."""
 
@@ -237,7 +249,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 
 
 #: Triton's boolean options of ``serve``: declared as flags, they also take a value.
-TRITON_BOOLEAN_OPTIONS = ("--grpc-use-ssl", "--grpc-use-ssl-mutual")
+TRITON_BOOLEAN_OPTIONS = ("--grpc-use-ssl", "--grpc-use-ssl-mutual", "--allow-client-shm")
 _BOOLEAN_WORDS = ("true", "on", "1", "yes", "false", "off", "0", "no")
 
 
@@ -490,6 +502,30 @@ def serve(
             "RESOURCE_EXHAUSTED. 0: no limit.",
         ),
     ] = 0,
+    allow_client_shm: Annotated[
+        bool,
+        typer.Option(
+            "--allow-client-shm",
+            envvar="BATCHWIRE_ALLOW_CLIENT_SHM",
+            parser=triton_bool,
+            show_default="false",
+            help="Let clients register system shared-memory regions and pass tensors "
+            "through them (same host only). Bare, or with Triton's value: "
+            "--allow-client-shm=true.",
+        ),
+    ] = False,
+    cache_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cache-config",
+            envvar="BATCHWIRE_CACHE_CONFIG",
+            metavar="<cache>,<setting>=<value>",
+            callback=cache_config,
+            help="Triton's response cache: local,size=<bytes> caches the responses of the "
+            "models whose config.pbtxt has response_cache { enable: true } (see "
+            "docs/response-cache.md).",
+        ),
+    ] = None,
     grpc_max_concurrent_streams: Annotated[
         int,
         typer.Option(
@@ -598,6 +634,8 @@ def serve(
             max_inflight_requests_per_connection=max_inflight_requests_per_connection,
             grpc_max_concurrent_streams=grpc_max_concurrent_streams,
             max_open_streams=max_open_streams,
+            allow_client_shm=allow_client_shm,
+            cache_config=tuple(cache_config or ()),
             exit_timeout_secs=exit_timeout_secs,
             shutdown_delay_secs=shutdown_delay_secs,
         )
@@ -692,10 +730,18 @@ def export(
     model: Annotated[
         list[str] | None, typer.Option("--model", help="Export only these (repeatable).")
     ] = None,
+    canary: Annotated[
+        bool,
+        typer.Option(
+            "--canary",
+            help="Also write mlp_canary: two versions with a 90/10 traffic split, a shadow "
+            "and a rollback gate.",
+        ),
+    ] = False,
 ) -> None:
     """Write the built-in example models as a Triton-layout model repository."""
     require_server_dependencies("examples export", ("torch",))
-    from batchwire.examples.export import EXAMPLE_NAMES, export_examples
+    from batchwire.examples.export import EXAMPLE_NAMES, export_canary, export_examples
 
     unknown = sorted(set(model or ()) - set(EXAMPLE_NAMES))
     if unknown:
@@ -706,6 +752,44 @@ def export(
     names = export_examples(dest, model or None)
     for name in names:
         typer.echo(f"wrote {dest / name}")
+    if canary:
+        typer.echo(f"wrote {export_canary(dest)}")
+
+
+@app.command("soak")
+def soak(
+    out: Annotated[Path, typer.Option(help="Folder for soak.json, soak.png and the log.")] = Path(
+        "results/soak"
+    ),
+    short: Annotated[bool, typer.Option("--short", help="25 s in all (CI).")] = False,
+    seconds: Annotated[
+        float | None, typer.Option(help="The whole run, warm-up included (default 180).")
+    ] = None,
+    warmup: Annotated[
+        float | None, typer.Option(help="Seconds before the resource baseline.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Unary callers.")] = None,
+    streams: Annotated[int | None, typer.Option(help="Stream callers.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the load's random choices.")] = 0,
+) -> None:
+    """Soak a server of the example models on 127.0.0.1; check nothing is lost or leaks.
+
+    The same run as ``python -m batchwire.bench.soak`` (its docstring lists the load,
+    the faults and the checks). Exits 1 when a check fails.
+    """
+    require_server_dependencies("soak", ("torch", "matplotlib"))
+    from batchwire.bench.soak import main as soak_main
+
+    argv = ["--out", str(out), "--seed", str(seed)] + (["--short"] if short else [])
+    for flag, value in (
+        ("--seconds", seconds),
+        ("--warmup", warmup),
+        ("--workers", workers),
+        ("--streams", streams),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    raise typer.Exit(soak_main(argv, prog="batchwire soak"))
 
 
 def _register_optional_commands() -> None:

@@ -71,7 +71,11 @@ from batchwire.server.inference_call import UNREAD, InferenceCall
 from batchwire.server.limits import InFlight, OpenStreams
 from batchwire.server.model_control import ModelControlMode, check_control_allowed
 from batchwire.server.pipeline import Pipeline, StageFactory
-from batchwire.server.registry import ModelRegistry, ServedModel
+from batchwire.server.registry import ModelRegistry, ModelState, ServedModel
+from batchwire.server.repository.overrides import OverrideError, parse_load_parameters
+from batchwire.server.rollback import RollbackGate
+from batchwire.server.shadow import ShadowCounts
+from batchwire.server.shared_memory_control import SharedMemoryControl
 from batchwire.server.stages import STAGES
 from batchwire.telemetry.logs import LogSettingError
 from batchwire.telemetry.tracing import ACTIVE_REQUEST, TraceSettingError
@@ -79,6 +83,7 @@ from batchwire.telemetry.tracing import ACTIVE_REQUEST, TraceSettingError
 if TYPE_CHECKING:
     from batchwire.protos.model_config_pb2 import ModelConfig
     from batchwire.server.access import AccessPolicy
+    from batchwire.server.response_cache import ResponseCache
     from batchwire.telemetry import Telemetry
     from batchwire.telemetry.tracing import RequestSpan, Tracing
 
@@ -146,8 +151,13 @@ class DataPlane:
         max_inflight_requests: int = 0,
         max_inflight_requests_per_connection: int = 0,
         max_open_streams: int = 0,
+        shared_memory: SharedMemoryControl | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         self.registry = registry
+        #: Triton's response cache (--cache-config), used by the ResponseCaching stage
+        #: (batchwire.server.response_cache_stage); None: no response is cached.
+        self.response_cache = response_cache
         #: Triton's model control mode: whether load/unload requests are allowed.
         self.model_control_mode = ModelControlMode(model_control_mode)
         #: Caps on inference requests in flight, in the server and per connection
@@ -157,6 +167,20 @@ class DataPlane:
         self.streams = OpenStreams(max_open_streams)
         #: Who may call what (batchwire.server.access); None: everyone may do anything.
         self.access = access
+        #: Triton's shared-memory operations and the registered regions
+        #: (batchwire.server.shared_memory_control); default: client shared memory off.
+        self.shared_memory = shared_memory or SharedMemoryControl(None)
+        #: model -> {version: weight} of the traffic split in force (batchwire.server.
+        #: traffic_split; set when a model's chain is built), and (model, version,
+        #: route) -> requests the split stage routed; both read by the metrics.
+        self.traffic_weights: dict[str, dict[str, int]] = {}
+        self.routed_requests: dict[tuple[str, str, str], int] = {}
+        #: Shadow copies and their comparisons (batchwire.server.shadow), for the metrics.
+        self.shadow_counts = ShadowCounts()
+        #: model -> its rollback gate (batchwire.server.rollback; replaced at each load),
+        #: and (model, rule) -> rollbacks that rule fired, for the metrics.
+        self.rollback_gates: dict[str, RollbackGate] = {}
+        self.rollbacks: dict[tuple[str, str], int] = {}
         #: (model, principal) -> inference requests that principal sent to that model
         #: (counted by the Authorize stage; read by the metrics at scrape time).
         self.principal_requests: dict[tuple[str, str], int] = {}
@@ -183,7 +207,19 @@ class DataPlane:
         self.pipeline = Pipeline(self, stages)
         self._chains = self.pipeline.chains
         # A (re)loaded or unloaded model may have a new configuration: rebuild its chain.
-        registry.add_listener(lambda name, ready: self.pipeline.forget(name))
+        registry.add_listener(self._model_changed)
+
+    def _model_changed(self, name: str, ready: bool) -> None:
+        self.pipeline.forget(name)
+        # A load ends a rollback (batchwire.server.rollback) at once, not at the next request.
+        gate = self.rollback_gates.get(name)
+        if gate is not None:
+            try:
+                current: object = self.registry.find(name)
+            except InferenceError:
+                current = None
+            if gate.built_for is not current:
+                del self.rollback_gates[name]
 
     # Inference -------------------------------------------------------------
 
@@ -376,10 +412,13 @@ class DataPlane:
 
         As Triton's index, in any model control mode: a model folder that was never
         loaded (explicit mode, or found by poll mode's next scan) is listed by name
-        alone, with an empty version and state.
+        alone, with an empty version and state. Ready means what ModelReady says: a
+        hung version (every instance stuck in a batch) is left out with ``ready_only``
+        and listed UNAVAILABLE, its reason naming the hang, without it. A version that
+        keeps serving after a failed reload is READY with the failure as its reason.
         """
         rows = [
-            RepositoryEntry(served.name, served.version, served.state.value, served.reason)
+            RepositoryEntry(served.name, served.version, *served.status())
             for served in self.registry.index()
             if served.ready or not ready_only
         ]
@@ -397,26 +436,43 @@ class DataPlane:
         return rows
 
     async def load_model(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
-        """(Re)load ``name`` from the repository; raises an InferenceError saying why not.
+        """(Re)load ``name``; raises an InferenceError saying why not.
+
+        ``parameters`` are Triton's load parameters (key -> bool, int, str, bytes or
+        None): ``config``, a JSON ModelConfig used instead of the config.pbtxt, and
+        ``file:<version>/<path>`` files making up a private model folder used instead of
+        the repository's (:mod:`batchwire.server.repository.overrides`). The new versions
+        load next to the serving ones and replace them once up (see the registry).
 
         In order: ModelControlDisabledError (UNAVAILABLE) unless the model control mode
-        is explicit; InvalidSettingError for any ``parameters`` (config or file
-        overrides are not supported); ModelNameError (INVALID_ARGUMENT) for a name
-        that is not a folder inside the repository, before anything is loaded;
-        ModelLoadFailedError when there is no such folder or the model fails to load
-        (a model that was serving keeps serving its loaded versions then).
+        is explicit; InvalidSettingError (INVALID_ARGUMENT) for a parameter that cannot
+        be used: an unknown key, a value of the wrong type, a file path that is not
+        ``<version>/<path>`` inside the model folder, files without ``config``;
+        ModelNameError (INVALID_ARGUMENT) for a name that is not a folder name (without
+        file overrides: not a folder inside the repository), before anything is loaded;
+        InvalidSettingError ``Invalid config override: ...`` for a config that is not
+        JSON, not a ModelConfig or not a valid config for its model files; nothing is
+        loaded or changed then. ModelLoadFailedError when there is no such folder or
+        the model fails to load (a model that was serving keeps serving its loaded
+        versions then, and the index gives them the failure as reason).
         """
         check_control_allowed(self.model_control_mode)
-        if parameters:
-            raise InvalidSettingError(
-                "RepositoryModelLoad parameters (config or file overrides) are not supported; "
-                f"got {sorted(parameters)}"
-            )
         try:
-            # Checked apart from loading so that a missing folder is refused without
-            # adding an unavailable entry to the index (Triton lists only known models).
-            await asyncio.to_thread(self.registry.repository.model_folder, name)
-            await self.registry.load(name)
+            overrides = parse_load_parameters(parameters)
+        except OverrideError as exc:
+            raise InvalidSettingError(str(exc)) from None
+        repository = self.registry.repository
+        try:
+            if overrides:
+                entry = await asyncio.to_thread(repository.discover_override, name, overrides)
+            else:
+                # Checked apart from loading so that a missing folder is refused without
+                # adding an unavailable entry to the index (Triton lists only known models).
+                await asyncio.to_thread(repository.model_folder, name)
+                entry = None
+            await self.registry.load(name, entry)
+        except OverrideError as exc:
+            raise InvalidSettingError(str(exc)) from None
         except InferenceError:
             raise
         except Exception as exc:
@@ -453,7 +509,9 @@ class DataPlane:
     def statistics(self, name: str = "", version: str = "") -> list[dict]:
         """Triton's ModelStatistics (JSON shape), one dict per version that ever loaded.
 
-        ``name`` empty: every ready version; ``version`` empty: every version of ``name``.
+        ``name`` empty: every loaded version, hung ones included (what an operator
+        needs most then is their statistics); ``version`` empty: every version of
+        ``name``.
         """
         telemetry = self._telemetry("ModelStatistics", "statistics are not collected")
         registry = self.registry
@@ -462,7 +520,11 @@ class DataPlane:
             versions = [version] if version else registry.versions(name)
             keys = [(name, v) for v in versions]
         else:
-            keys = [(m.name, m.version) for m in registry.index() if m.version and m.ready]
+            keys = [
+                (m.name, m.version)
+                for m in registry.index()
+                if m.version and m.state is ModelState.READY  # loaded; hung or not
+            ]
         rows = []
         for model, model_version in keys:
             stats = telemetry.statistics(model, model_version)

@@ -66,6 +66,11 @@ class Codec(Protocol):
         """The wire response to ``message`` holding ``result``'s outputs."""
         ...
 
+    def routing_key(self, message: Any) -> str:
+        """The request's ``routing_key`` parameter ("" when it has none), read only for
+        models with a traffic split; InvalidInputError when it is not a string."""
+        ...
+
 
 class Caller:
     """Who sent a request: one per unary call, one per stream (shared by its requests).
@@ -112,6 +117,7 @@ class InferenceCall:
     __slots__ = (
         "caller",
         "codec",
+        "copy_of",
         "datatypes",
         "deadline",
         "message",
@@ -144,6 +150,8 @@ class InferenceCall:
         self.request: InferenceRequest | None = None
         self.datatypes: dict[str, str] | None = None
         self.span: RequestSpan | None = None
+        #: The call this one copies (:meth:`copy`, a shadow copy); None for the caller's.
+        self.copy_of: InferenceCall | None = None
 
     def copy(self, model: str | None = None, version: str | None = None) -> InferenceCall:
         """A fresh call for the same message (for a shadow copy), to ``model``/``version``.
@@ -161,4 +169,5 @@ class InferenceCall:
             self.pipelined,
         )
         twin.span = self.span
+        twin.copy_of = self
         return twin

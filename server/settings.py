@@ -97,6 +97,17 @@ class ServerSettings:
     #: it, a new stream gets RESOURCE_EXHAUSTED.
     max_open_streams: int = 0
 
+    # -- shared memory (Triton's --allow-client-shm) ---------------------------------
+    #: Clients may register system shared-memory regions and name them in requests
+    #: (Triton's default: off).
+    allow_client_shm: bool = False
+
+    # -- response cache (Triton's --cache-config) ------------------------------------
+    #: Triton's ``--cache-config`` values, ``<cache name>,<setting>=<value>`` each;
+    #: ``("local,size=<bytes>",)`` caches the responses of models whose config enables
+    #: ``response_cache`` (batchwire.server.response_cache). Empty: no cache.
+    cache_config: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
@@ -141,6 +152,10 @@ class ServerSettings:
                     raise ValueError(f"{using} needs {option}")
         if self.grpc_use_ssl_mutual and self.grpc_root_cert is None:
             raise ValueError("--grpc-use-ssl-mutual needs --grpc-root-cert")
+        if self.cache_config:
+            from batchwire.server.response_cache import parse_cache_config
+
+            parse_cache_config(self.cache_config)  # CacheConfigError is a ValueError
 
     @property
     def shutdown_grace(self) -> float:

@@ -16,15 +16,23 @@ from batchwire.server.access import Authorize
 from batchwire.server.limits import admit
 from batchwire.server.pipeline import StageFactory
 from batchwire.server.request_stages import Decode, Resolve, Submit, Validate, count_rejections
+from batchwire.server.response_cache_stage import ResponseCaching
+from batchwire.server.shadow import shadow
+from batchwire.server.shared_memory_stage import SharedMemory
+from batchwire.server.traffic_split import traffic_split
 
 __all__ = ["STAGES"]
 
 STAGES: tuple[StageFactory, ...] = (
     Authorize.create,  # the caller's principal may infer on this model (auth config only)
     admit,  # caps on requests in flight, server-wide and per connection (when set)
+    traffic_split,  # a version for requests naming none, by the model's weights (when set)
+    shadow,  # a share of requests also runs on a shadow version, answers compared (when set)
     Resolve,  # model name + version -> the ready model version
     count_rejections,  # failures from here on count in that version's statistics
     Decode,  # the front end's wire message -> InferenceRequest
+    SharedMemory,  # inputs read from, outputs written to, registered shared memory
     Validate,  # the request against the model's inputs and outputs
+    ResponseCaching.create,  # response cache hits, identical requests run once (when on)
     Submit,  # the model's batcher answers
 )

@@ -74,6 +74,10 @@ class Telemetry:
         #: when an access policy is in force.
         self.principal_requests: Mapping[tuple[str, str], int] = {}
         self.access_refusals: Mapping[tuple[str, str], int] = {}
+        #: Where the version-routing counters live (the server's data plane: its
+        #: traffic_weights, routed_requests, shadow_counts, rollback_gates and
+        #: rollbacks, read at scrape time); None: no such metrics.
+        self.versions: Any = None
 
     # -- model versions ------------------------------------------------------------------
 
@@ -117,7 +121,9 @@ class Telemetry:
         if self.metrics_server is not None:
             return self.metrics_server.port
         self._gpu = GpuMonitor()
-        collector = MetricsCollector(self.all_stats, gpu=self._gpu, access=self._access_counts)
+        collector = MetricsCollector(
+            self.all_stats, gpu=self._gpu, access=self._access_counts, traffic=self._traffic
+        )
         self.metrics_server = MetricsServer(collector, host, port)
         return self.metrics_server.port
 
@@ -126,8 +132,15 @@ class Telemetry:
         from batchwire.telemetry.metrics import MetricsCollector
 
         return MetricsCollector(
-            self.all_stats, gpu=self._gpu, process_metrics=False, access=self._access_counts
+            self.all_stats,
+            gpu=self._gpu,
+            process_metrics=False,
+            access=self._access_counts,
+            traffic=self._traffic,
         ).render()
+
+    def _traffic(self) -> Any:
+        return self.versions
 
     def _access_counts(self) -> tuple[Mapping[tuple[str, str], int], Mapping[tuple[str, str], int]]:
         return self.principal_requests, self.access_refusals

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.gc_collector import GCCollector
@@ -31,6 +32,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from batchwire import __version__
+from batchwire.batching import inline_watch
 from batchwire.telemetry.gpu import GpuMonitor
 from batchwire.telemetry.stats import (
     BATCH_SIZE_BUCKETS,
@@ -44,6 +46,10 @@ log = logging.getLogger(__name__)
 
 #: () -> ((model, principal) -> requests, (group, reason) -> refusals).
 AccessCounts = Callable[[], tuple[Mapping[tuple[str, str], int], Mapping[tuple[str, str], int]]]
+#: Returns the object holding the version-routing counters (the data plane: its
+#: ``traffic_weights``, ``routed_requests``, ``shadow_counts``, ``rollback_gates`` and
+#: ``rollbacks``), or None.
+TrafficCounts = Callable[[], Any]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -125,10 +131,12 @@ class MetricsCollector:
         gpu: GpuMonitor | None = None,
         process_metrics: bool = True,
         access: AccessCounts | None = None,
+        traffic: TrafficCounts | None = None,
     ) -> None:
         self._stats = stats
         self._gpu = gpu
         self._access = access
+        self._traffic = traffic
         self._process: CollectorRegistry | None = None
         if process_metrics:
             registry = CollectorRegistry(auto_describe=False)
@@ -242,6 +250,16 @@ class MetricsCollector:
             failures,
             hung,
         ]
+        families.extend(self._cache_families())
+        stalls = Family(
+            "batchwire_event_loop_blocked_seconds",
+            "gauge",
+            "How long a batch run inline on the event loop has held it, while past "
+            "batchwire.hang_timeout_ms (no series otherwise).",
+        )
+        for model, version, seconds in inline_watch.blocked():
+            stalls.add({"model": model, "version": version}, seconds)
+        families.append(stalls)
         if self._loop is not None and not self._loop.is_closed():
             tasks = Family(
                 "batchwire_asyncio_tasks", "gauge", "Unfinished asyncio tasks on the server's loop."
@@ -252,10 +270,154 @@ class MetricsCollector:
             families.append(tasks)
         families.extend(self._gpu_families())
         families.extend(self._access_families())
+        families.extend(self._traffic_families())
         info = Family("batchwire_build_info", "gauge", "batchwire version (always 1).")
         info.add({"version": __version__}, 1)
         families.append(info)
         return families
+
+    def _cache_families(self) -> list[Family]:
+        """Triton's per-model response cache counters, batchwire's occupancy and coalescing.
+
+        Only for versions whose responses are cached (or requests coalesced), as Triton
+        reports its cache metrics only for models with the cache enabled.
+        """
+        hits = Family("nv_cache_num_hits_per_model", "counter", "Number of cache hits per model")
+        hit_us = Family(
+            "nv_cache_hit_duration_per_model",
+            "counter",
+            "Total cache hit duration per model, in microseconds",
+        )
+        misses = Family(
+            "nv_cache_num_misses_per_model", "counter", "Number of cache misses per model"
+        )
+        miss_us = Family(
+            "nv_cache_miss_duration_per_model",
+            "counter",
+            "Total cache miss (insert+lookup) duration per model, in microseconds",
+        )
+        entries = Family(
+            "batchwire_response_cache_entries",
+            "gauge",
+            "Responses of the model version in the response cache now.",
+        )
+        size = Family(
+            "batchwire_response_cache_bytes",
+            "gauge",
+            "Bytes the model version's cached responses count against --cache-config size.",
+        )
+        evictions = Family(
+            "batchwire_response_cache_evictions_total",
+            "counter",
+            "Cached responses of the model version evicted to make room (least recently used).",
+        )
+        coalesced = Family(
+            "batchwire_coalesced_requests_total",
+            "counter",
+            "Requests answered by an identical request's run instead of running "
+            "(batchwire.coalesce).",
+        )
+        for stats in self._stats():
+            labels = {"model": stats.model, "version": stats.version}
+            if stats.response_cache:
+                hits.add(labels, stats.cache_hit_count)
+                hit_us.add(labels, stats.cache_hit_ns // 1000)
+                misses.add(labels, stats.cache_miss_count)
+                miss_us.add(labels, stats.cache_miss_ns // 1000)
+                entries.add(labels, stats.cache_entries)
+                size.add(labels, stats.cache_bytes)
+                evictions.add(labels, stats.cache_evictions)
+            if stats.coalescing:
+                coalesced.add(labels, stats.coalesced_count)
+        return [hits, hit_us, misses, miss_us, entries, size, evictions, coalesced]
+
+    def _traffic_families(self) -> list[Family]:
+        if self._traffic is None:
+            return []
+        source = self._traffic()
+        if source is None:
+            return []
+        weights, routed = source.traffic_weights, source.routed_requests
+        # Declared even while empty (no split, shadow or rollback yet), as the other
+        # families are: dashboards and alerts can name them before the first request.
+        families = self._shadow_families(source.shadow_counts)
+        families.extend(self._rollback_families(source.rollback_gates, source.rollbacks))
+        weight = Family(
+            "batchwire_traffic_weight",
+            "gauge",
+            "Weight of each version in its model's traffic split in force (batchwire.traffic).",
+        )
+        # Copies: the loop thread changes these while a scrape runs in the metrics thread.
+        for model, split in sorted(dict(weights).items()):
+            for version, share in dict(split).items():
+                weight.add({"model": model, "version": version}, share)
+        counted = Family(
+            "batchwire_routed_requests_total",
+            "counter",
+            "Requests of models with a traffic split, per version they went to and route "
+            "(split: by weight, sticky: by routing_key, pinned: the caller named the version).",
+        )
+        for (model, version, route), count in sorted(dict(routed).items()):
+            counted.add({"model": model, "version": version, "route": route}, count)
+        return [weight, counted, *families]
+
+    @staticmethod
+    def _rollback_families(gates: Any, rollbacks: Any) -> list[Family]:
+        gates, rollbacks = dict(gates), dict(rollbacks)
+        active = Family(
+            "batchwire_rollback_active",
+            "gauge",
+            "1 while a model's traffic split is rolled back to its stable version "
+            "(batchwire.rollback), until the model is loaded again.",
+        )
+        for model, gate in sorted(gates.items()):
+            active.add({"model": model}, 1 if gate.fired else 0)
+        fired = Family(
+            "batchwire_rollbacks_total",
+            "counter",
+            "Automatic rollbacks per model and the rule that fired them.",
+        )
+        for (model, rule), count in sorted(rollbacks.items()):
+            fired.add({"model": model, "rule": rule}, count)
+        return [active, fired]
+
+    @staticmethod
+    def _shadow_families(shadows: Any) -> list[Family]:
+        requests, outputs = dict(shadows.requests), dict(shadows.outputs)
+        by_outcome = Family(
+            "batchwire_shadow_requests_total",
+            "counter",
+            "Shadow copies per model, shadow version and outcome (compared, shadow_error, "
+            "primary_error, dropped).",
+        )
+        for (model, version, outcome), count in sorted(requests.items()):
+            by_outcome.add({"model": model, "shadow": version, "outcome": outcome}, count)
+        out_of_tolerance = Family(
+            "batchwire_shadow_out_of_tolerance_total",
+            "counter",
+            "Compared outputs whose largest |primary - shadow| is past batchwire.shadow_tolerance.",
+        )
+        flips = Family(
+            "batchwire_shadow_argmax_flips_total",
+            "counter",
+            "Compared class-score outputs whose top-1 class differs for some item.",
+        )
+        diff = Family(
+            "batchwire_shadow_max_abs_diff",
+            "histogram",
+            "Largest |primary - shadow| of each compared output.",
+        )
+        for (model, primary, shadow, output), row in sorted(outputs.items()):
+            labels = {"model": model, "primary": primary, "shadow": shadow, "output": output}
+            out_of_tolerance.add(labels, row[1])
+            flips.add(labels, row[2])
+            running = 0.0
+            for le, count in zip((*shadows.buckets, float("inf")), row[4:], strict=True):
+                running += count
+                diff.add({**labels, "le": _number(le)}, running, "_bucket")
+            diff.add(labels, row[3], "_sum")
+            diff.add(labels, row[0], "_count")
+        return [by_outcome, out_of_tolerance, flips, diff]
 
     def _access_families(self) -> list[Family]:
         if self._access is None:

@@ -76,6 +76,15 @@ class ModelStats:
         "batch_hist",
         "batch_items",
         "batch_stats",
+        "cache_bytes",
+        "cache_entries",
+        "cache_evictions",
+        "cache_hit_count",
+        "cache_hit_ns",
+        "cache_miss_count",
+        "cache_miss_ns",
+        "coalesced_count",
+        "coalescing",
         "compute_count",
         "compute_hist",
         "compute_hist_ns",
@@ -95,6 +104,7 @@ class ModelStats:
         "queue_hist",
         "queue_ns",
         "request_hist",
+        "response_cache",
         "success_count",
         "success_ns",
         "version",
@@ -133,11 +143,52 @@ class ModelStats:
         self.compute_hist_ns = 0
         self.batch_hist = [0] * (len(BATCH_SIZE_BUCKETS) + 1)
         self.batch_items = 0
+        # Response cache and coalescing (batchwire.server.response_cache_stage): set when
+        # the version's responses are cached / its identical requests coalesced.
+        self.response_cache = False
+        self.coalescing = False
+        self.cache_hit_count = 0
+        self.cache_hit_ns = 0
+        #: Successful requests computed and stored; ns spent looking up and storing.
+        self.cache_miss_count = 0
+        self.cache_miss_ns = 0
+        #: Requests answered by an identical request's run (followers).
+        self.coalesced_count = 0
+        #: The version's entries in the response cache now, their bytes, and evictions.
+        self.cache_entries = 0
+        self.cache_bytes = 0
+        self.cache_evictions = 0
 
     @property
     def pending(self) -> int:
         """Requests queued now, all priority levels."""
         return sum(self.depth.values())
+
+    def _answered(self, duration_ns: int) -> None:
+        """A success the batcher never saw: no queue time, no compute (as Triton's hits)."""
+        self.last_ns = _perf_ns()
+        self.success_count += 1
+        self.success_ns += duration_ns
+        self.request_hist[bisect_left(LATENCY_BUCKETS_NS, duration_ns)] += 1
+        self.queue_hist[0] += 1
+
+    def count_cache_hit(self, duration_ns: int) -> None:
+        """A request answered from the response cache in ``duration_ns``."""
+        self._answered(duration_ns)
+        self.cache_hit_count += 1
+        self.cache_hit_ns += duration_ns
+
+    def count_cache_miss(self, duration_ns: int) -> None:
+        """A computed request stored; ``duration_ns`` looking up and storing (Triton adds
+        it to the request's duration too)."""
+        self.cache_miss_count += 1
+        self.cache_miss_ns += duration_ns
+        self.success_ns += duration_ns
+
+    def count_coalesced(self, duration_ns: int) -> None:
+        """A request answered by an identical request's run, after ``duration_ns``."""
+        self._answered(duration_ns)
+        self.coalesced_count += 1
 
 
 class ModelObserver:
@@ -271,8 +322,8 @@ def statistics_dict(stats: ModelStats, epoch_offset_ns: int) -> dict[str, Any]:
             "compute_input": duration(compute, stats.compute_input_ns),
             "compute_infer": duration(compute, stats.compute_infer_ns),
             "compute_output": duration(compute, stats.compute_output_ns),
-            "cache_hit": duration(0, 0),
-            "cache_miss": duration(0, 0),
+            "cache_hit": duration(stats.cache_hit_count, stats.cache_hit_ns),
+            "cache_miss": duration(stats.cache_miss_count, stats.cache_miss_ns),
         },
         "batch_stats": [
             {

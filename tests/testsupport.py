@@ -163,3 +163,23 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0
         if time.monotonic() > give_up:
             pytest.fail(f"gave up waiting for {what} after {timeout:g} s")
         time.sleep(0.02)
+
+
+def metric_samples(metrics_url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples of metric ``name`` on a server's /metrics: :func:`labels` key -> value."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            pairs, value = line[len(name) + 1 :].rsplit("} ", 1)
+            found[tuple(sorted(re.findall(r'(\w+)="([^"]*)"', pairs)))] = float(value)
+    return found
+
+
+def labels(**pairs: str) -> tuple[tuple[str, str], ...]:
+    """A sample's labels as :func:`metric_samples` keys them (sorted name, value pairs)."""
+    return tuple(sorted(pairs.items()))

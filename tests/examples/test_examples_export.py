@@ -73,3 +73,56 @@ def test_unknown_example_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="no example model 'resnet'"):
         export_examples(tmp_path, ["mlp", "resnet"])
     assert not any(tmp_path.iterdir())  # nothing written when a name is wrong
+
+
+def test_the_canary_example_splits_shadows_and_answers_from_both_versions(tmp_path: Path) -> None:
+    import re
+    import urllib.request
+
+    import grpc
+    from testsupport import free_port, start_server, wait_until
+    from typer.testing import CliRunner
+
+    from batchwire.protos import grpc_service_pb2 as pb
+    from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
+    from batchwire.server.cli import app
+
+    result = CliRunner().invoke(
+        app, ["examples", "export", str(tmp_path), "--model", "mlp", "--canary"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'mlp_canary'}" in result.output
+    entry = ModelRepository(tmp_path).discover_model("mlp_canary")
+    assert entry.ok, entry.error
+    assert sorted(v.version for v in entry.versions) == ["1", "2"]
+    assert entry.versions[0].spec.parameters["batchwire.traffic"] == "1:90,2:10"
+
+    server = start_server(tmp_path, metrics_port=free_port())
+    try:
+        x = sample_inputs("mlp", 1)["INPUT__0"]
+        request = pb.ModelInferRequest(model_name="mlp_canary")
+        request.inputs.add(name="INPUT__0", datatype="FP32", shape=list(x.shape))
+        request.raw_input_contents.append(np.ascontiguousarray(x, np.float32).tobytes())
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            answers = [stub.ModelInfer(request, timeout=30) for _ in range(200)]
+        versions = {a.model_version for a in answers}
+        assert versions == {"1", "2"}
+        reference = reference_outputs("mlp", {"INPUT__0": x})["OUTPUT__0"]
+        for answer in answers:
+            if answer.model_version == "1":  # version 1 is the mlp example itself
+                got = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(1, 10)
+                np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-5)
+
+        def compared() -> float:
+            assert server.metrics_url is not None
+            with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+                text = response.read().decode()
+            found = re.findall(
+                r'batchwire_shadow_requests_total\{[^}]*outcome="compared"[^}]*\} (\S+)', text
+            )
+            return float(found[0]) if found else 0.0
+
+        wait_until(lambda: compared() > 0, "shadow comparisons of the canary")
+    finally:
+        server.stop()

@@ -18,6 +18,7 @@ from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 from batchwire.server.inference_call import Caller, InferenceCall
 from batchwire.server.pipeline import Pipeline, Stage, spawn
 from batchwire.server.request_stages import CountRejections, Decode, Resolve, Submit, Validate
+from batchwire.server.shared_memory_stage import SharedMemory
 from batchwire.server.stages import STAGES
 
 
@@ -169,6 +170,7 @@ def test_the_default_chain_of_a_server(serve, versioned_repository: Path) -> Non
         Resolve,
         CountRejections,
         Decode,
+        SharedMemory,
         Validate,
         Submit,
     ]

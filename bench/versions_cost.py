@@ -1,0 +1,277 @@
+"""What a traffic split, shadow traffic and the response cache cost: one server, mlp six ways.
+
+``python -m batchwire.bench.versions_cost [--out results/versions-cost] [--rounds 4]
+[--interval-ms 2000] [--concurrency 32] [--perf-analyzer PATH] [--short]``
+
+One ``batchwire serve`` of this checkout, on a free 127.0.0.1 port, serves the ``mlp``
+example six times over, the same weights in every version:
+
+- ``mlp``: as exported (the reference);
+- ``mlp_route``: versions 1 and 2, ``batchwire.traffic`` ``1:100,2:0``: every request
+  passes the split stage and all go to one batcher, so this is the routing's own cost;
+- ``mlp_split``: versions 1 and 2, ``batchwire.traffic`` ``1:90,2:10``: the routing, and
+  requests shared between two batchers, whose batches are smaller than one batcher's;
+- ``mlp_shadow``: versions 1 and 2, ``batchwire.shadow`` ``2:100`` (every request also
+  runs on version 2 and the answers are compared);
+- ``mlp_cache_hits`` and ``mlp_cache_misses``: one version with ``response_cache {
+  enable: true }`` on a server started with ``--cache-config local,size=65536``; the
+  first is sent one input over and over (hits), the second cycles through 2048
+  different inputs, more than the cache holds (misses: the cache's own cost).
+
+Triton's ``perf_analyzer`` loads each at ``--concurrency`` unary requests in flight
+(one :func:`~batchwire.bench.compare_builds.measure`: three ``--interval-ms``
+windows, stability check off: throughput, p50/p99, the server's CPU per request). After
+an unrecorded warm-up of all six, each round measures them back to back in an order
+rotated from round to round, so drift on the shared machine spreads over all. Per round
+``ratio`` = variant / ``mlp`` throughput and ``p99_delta_ms`` = variant - ``mlp`` p99;
+the summary gives medians and quartiles over rounds. With shadow traffic the server does
+twice the model work per answered request: on a machine without spare cores the
+primary's throughput falls by up to half, which is the cost to expect, not a defect
+(the issue's target is about the primary's p99 while the host has spare capacity).
+
+Writes ``versions_cost.json`` and ``versions_cost.png`` into ``--out``. Run it alone on
+the machine (``flock /tmp/batchwire-bench.lock``). Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from batchwire.bench.compare_builds import Build, BuildServer, Scenario, measure
+from batchwire.bench.compare_builds import perf_analyzer_binary as find_binary
+
+__all__ = ["CACHED", "DISTINCT_INPUTS", "VARIANTS", "export_variants", "run"]
+
+#: Model name -> the config parameters that make the variant (``mlp``: none).
+VARIANTS: dict[str, dict[str, str]] = {
+    "mlp": {},
+    # The split stage on every request, all of them to one version: the routing's own cost.
+    "mlp_route": {"batchwire.traffic": "1:100,2:0"},
+    "mlp_split": {"batchwire.traffic": "1:90,2:10"},
+    "mlp_shadow": {"batchwire.traffic": "1:100,2:0", "batchwire.shadow": "2:100"},
+    # One version with ``response_cache { enable: true }`` (CACHED): perf_analyzer's
+    # default data repeats one input, so all but the first request are cache hits ...
+    "mlp_cache_hits": {},
+    # ... and here it cycles through DISTINCT_INPUTS inputs, more than the server's
+    # CACHE_BYTES hold: every request misses (the cache's pure overhead).
+    "mlp_cache_misses": {},
+}
+#: The variants whose config enables the response cache.
+CACHED = ("mlp_cache_hits", "mlp_cache_misses")
+#: Distinct inputs perf_analyzer cycles through for ``mlp_cache_misses``.
+DISTINCT_INPUTS = 2048
+#: The server's ``--cache-config local,size=``: about a hundred of mlp's entries.
+CACHE_BYTES = 65536
+
+
+def export_variants(repository: Path) -> None:
+    """Write the variants into ``repository`` (the example's weights in every version)."""
+    from batchwire.examples.export import export_examples
+
+    export_examples(repository, ["mlp"])
+    source = repository / "mlp"
+    config = (source / "config.pbtxt").read_text()
+    for name in CACHED:
+        folder = repository / name
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / "1" / "model.pt", folder / "1" / "model.pt")
+        text = config.replace('name: "mlp"', f'name: "{name}"')
+        (folder / "config.pbtxt").write_text(text + "response_cache { enable: true }\n")
+    for name, parameters in VARIANTS.items():
+        if not parameters:
+            continue
+        folder = repository / name
+        for version in ("1", "2"):
+            (folder / version).mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / "1" / "model.pt", folder / version / "model.pt")
+        text = config.replace('name: "mlp"', f'name: "{name}"') + "version_policy: { all: {} }\n"
+        for key, value in parameters.items():
+            text += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+        (folder / "config.pbtxt").write_text(text)
+
+
+def _write_distinct_inputs(path: Path) -> None:
+    """perf_analyzer ``--input-data``: DISTINCT_INPUTS different inputs for mlp."""
+    import numpy as np
+
+    rows = np.random.default_rng(0).standard_normal((DISTINCT_INPUTS, 64)).astype(np.float32)
+    data = [{"INPUT__0": [round(float(v), 6) for v in row]} for row in rows]
+    path.write_text(json.dumps({"data": data}))
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    if len(values) == 1:
+        return [round(values[0], 4)] * 3
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return [round(q1, 4), round(median, 4), round(q3, 4)]
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for name in VARIANTS:
+        figures: dict[str, Any] = {}
+        for key in ("throughput", "p50_ms", "p99_ms", "server_cpu_us"):
+            values = [r[name][key] for r in rounds if r[name][key] is not None]
+            figures[key] = round(statistics.median(values), 3) if values else None
+        if name != "mlp":
+            ratios = [r[name]["throughput"] / r["mlp"]["throughput"] for r in rounds]
+            deltas = [r[name]["p99_ms"] - r["mlp"]["p99_ms"] for r in rounds]
+            figures["ratio"] = round(statistics.median(ratios), 4)
+            figures["ratio_quartiles"] = _quartiles(ratios)
+            figures["p99_delta_ms"] = round(statistics.median(deltas), 3)
+            figures["p99_delta_ms_quartiles"] = _quartiles(deltas)
+        summary[name] = figures
+    return summary
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = result["rounds"]
+    x = list(range(1, len(rounds) + 1))
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for name, marker in zip(VARIANTS, "o^sdvx", strict=True):
+        top.plot(x, [r[name]["throughput"] for r in rounds], marker=marker, label=name)
+        bottom.plot(x, [r[name]["p99_ms"] for r in rounds], marker=marker, label=name)
+    top.set_ylabel("infer/s")
+    bottom.set_ylabel("p99 latency (ms)")
+    bottom.set_xlabel("round")
+    for axis in (top, bottom):
+        axis.set_ylim(bottom=0)
+        axis.set_xticks(x)
+        axis.legend(loc="best")
+        axis.grid(True, alpha=0.3)
+    summary = result["summary"]
+    top.set_title(
+        f"mlp, c={result['concurrency']}: route/plain {summary['mlp_route']['ratio']:.3f}, "
+        f"split/plain {summary['mlp_split']['ratio']:.3f}, "
+        f"shadow/plain {summary['mlp_shadow']['ratio']:.3f} (medians); "
+        f"{result['machine']['cpus']} CPUs",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def run(
+    *,
+    rounds: int = 4,
+    interval_ms: int = 2000,
+    warmup_ms: int = 1000,
+    concurrency: int = 32,
+    out: Path = Path("results/versions-cost"),
+    perf_analyzer: str | None = None,
+) -> dict[str, Any]:
+    """Serve the variants, measure them in rotation; write JSON and plot; return it."""
+    binary = find_binary(perf_analyzer)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="batchwire-versions-bench-"))
+    scenario = Scenario(f"c{concurrency}_unary", concurrency, False)
+    names = list(VARIANTS)
+    try:
+        repository = scratch / "models"
+        export_variants(repository)
+        workdir = scratch / "cwd"
+        workdir.mkdir()
+        distinct = scratch / "distinct.json"
+        _write_distinct_inputs(distinct)
+        perf_args = {name: () for name in names} | {
+            "mlp_cache_misses": ("--input-data", str(distinct))
+        }
+        build = Build("checkout", "checkout (working tree)", None)
+        server = BuildServer(
+            build,
+            repository,
+            workdir,
+            out / "versions_cost_server.log",
+            "--cache-config",
+            f"local,size={CACHE_BYTES}",
+        )
+        results: list[dict[str, Any]] = []
+        with server:
+            for name in names:
+                measure(binary, server, name, scenario, warmup_ms, scratch, perf_args[name])
+            started = time.monotonic()
+            for index in range(rounds):
+                order = names[index % len(names) :] + names[: index % len(names)]
+                row: dict[str, Any] = {"order": order}
+                for name in order:
+                    row[name] = measure(
+                        binary, server, name, scenario, interval_ms, scratch, perf_args[name]
+                    )
+                results.append(row)
+                print(
+                    f"round {index + 1}: "
+                    + " | ".join(
+                        f"{n} {row[n]['throughput']:.0f}/s p99 {row[n]['p99_ms']:.2f} ms"
+                        for n in names
+                    ),
+                    flush=True,
+                )
+            elapsed = time.monotonic() - started
+        result = {
+            "server": {"origin": build.origin, "server_file": server.server_file},
+            "variants": VARIANTS,
+            "concurrency": concurrency,
+            "interval_ms": interval_ms,
+            "windows_per_measurement": 3,
+            "rounds": results,
+            "summary": summarize(results),
+            "seconds": round(elapsed, 1),
+            "perf_analyzer": binary,
+            "command": sys.argv,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        }
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    (out / "versions_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / "versions_cost.png")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("results/versions-cost"))
+    parser.add_argument("--rounds", type=int, default=None, help="default 4 (--short: 1)")
+    parser.add_argument("--interval-ms", type=int, default=None, help="default 2000 (--short: 500)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--perf-analyzer", default=None)
+    parser.add_argument("--short", action="store_true", help="one round of 500 ms windows")
+    args = parser.parse_args(argv)
+    result = run(
+        rounds=args.rounds if args.rounds is not None else (1 if args.short else 4),
+        interval_ms=args.interval_ms or (500 if args.short else 2000),
+        warmup_ms=300 if args.short else 1000,
+        concurrency=args.concurrency,
+        out=args.out,
+        perf_analyzer=args.perf_analyzer,
+    )
+    for name, figures in result["summary"].items():
+        extra = (
+            f", ratio {figures['ratio']:.3f} {figures['ratio_quartiles']}, "
+            f"p99 {figures['p99_delta_ms']:+.2f} ms"
+            if "ratio" in figures
+            else ""
+        )
+        print(f"{name}: {figures['throughput']:.0f}/s p99 {figures['p99_ms']:.2f} ms{extra}")
+    print(f"wrote {args.out / 'versions_cost.json'} and {args.out / 'versions_cost.png'}")
+
+
+if __name__ == "__main__":
+    main()
