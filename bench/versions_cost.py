@@ -1,10 +1,10 @@
-"""What a traffic split, shadow traffic and the response cache cost: one server, mlp six ways.
+"""What a traffic split, shadow traffic and the response cache cost: one server, mlp seven ways.
 
 ``python -m batchwire.bench.versions_cost [--out results/versions-cost] [--rounds 4]
 [--interval-ms 2000] [--concurrency 32] [--perf-analyzer PATH] [--short]``
 
 One ``batchwire serve`` of this checkout, on a free 127.0.0.1 port, serves the ``mlp``
-example six times over, the same weights in every version:
+example seven times over, the same weights in every version:
 
 - ``mlp``: as exported (the reference);
 - ``mlp_route``: versions 1 and 2, ``batchwire.traffic`` ``1:100,2:0``: every request
@@ -16,14 +16,16 @@ example six times over, the same weights in every version:
 - ``mlp_cache_hits`` and ``mlp_cache_misses``: one version with ``response_cache {
   enable: true }`` on a server started with ``--cache-config local,size=65536``; the
   first is sent one input over and over (hits), the second cycles through 2048
-  different inputs, more than the cache holds (misses: the cache's own cost).
+  different inputs, more than the cache holds (misses: the cache's own cost), and is
+  compared with ``mlp_distinct``, the same inputs to a model without the cache.
 
 Triton's ``perf_analyzer`` loads each at ``--concurrency`` unary requests in flight
 (one :func:`~batchwire.bench.compare_builds.measure`: three ``--interval-ms``
 windows, stability check off: throughput, p50/p99, the server's CPU per request). After
-an unrecorded warm-up of all six, each round measures them back to back in an order
+an unrecorded warm-up of all seven, each round measures them back to back in an order
 rotated from round to round, so drift on the shared machine spreads over all. Per round
-``ratio`` = variant / ``mlp`` throughput and ``p99_delta_ms`` = variant - ``mlp`` p99;
+``ratio`` = variant / reference throughput and ``p99_delta_ms`` = variant - reference
+p99 (the reference is ``mlp``, or ``mlp_distinct`` for the cache misses);
 the summary gives medians and quartiles over rounds. With shadow traffic the server does
 twice the model work per answered request: on a machine without spare cores the
 primary's throughput falls by up to half, which is the cost to expect, not a defect
@@ -64,9 +66,16 @@ VARIANTS: dict[str, dict[str, str]] = {
     # default data repeats one input, so all but the first request are cache hits ...
     "mlp_cache_hits": {},
     # ... and here it cycles through DISTINCT_INPUTS inputs, more than the server's
-    # CACHE_BYTES hold: every request misses (the cache's pure overhead).
+    # CACHE_BYTES hold: every request misses (the cache's pure overhead) ...
     "mlp_cache_misses": {},
+    # ... measured against the same distinct inputs without a cache (perf_analyzer's
+    # --input-data costs the client, on the same cores, more than its default data).
+    "mlp_distinct": {},
 }
+#: The reference each variant's ratio is taken against (default ``mlp``).
+REFERENCE = {"mlp_cache_misses": "mlp_distinct"}
+#: Variants perf_analyzer feeds DISTINCT_INPUTS different inputs.
+DISTINCT = ("mlp_cache_misses", "mlp_distinct")
 #: The variants whose config enables the response cache.
 CACHED = ("mlp_cache_hits", "mlp_cache_misses")
 #: Distinct inputs perf_analyzer cycles through for ``mlp_cache_misses``.
@@ -82,12 +91,14 @@ def export_variants(repository: Path) -> None:
     export_examples(repository, ["mlp"])
     source = repository / "mlp"
     config = (source / "config.pbtxt").read_text()
-    for name in CACHED:
+    for name in (*CACHED, "mlp_distinct"):
         folder = repository / name
         (folder / "1").mkdir(parents=True, exist_ok=True)
         shutil.copy(source / "1" / "model.pt", folder / "1" / "model.pt")
         text = config.replace('name: "mlp"', f'name: "{name}"')
-        (folder / "config.pbtxt").write_text(text + "response_cache { enable: true }\n")
+        if name in CACHED:
+            text += "response_cache { enable: true }\n"
+        (folder / "config.pbtxt").write_text(text)
     for name, parameters in VARIANTS.items():
         if not parameters:
             continue
@@ -124,9 +135,11 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("throughput", "p50_ms", "p99_ms", "server_cpu_us"):
             values = [r[name][key] for r in rounds if r[name][key] is not None]
             figures[key] = round(statistics.median(values), 3) if values else None
-        if name != "mlp":
-            ratios = [r[name]["throughput"] / r["mlp"]["throughput"] for r in rounds]
-            deltas = [r[name]["p99_ms"] - r["mlp"]["p99_ms"] for r in rounds]
+        reference = REFERENCE.get(name, "mlp")
+        if name not in ("mlp", "mlp_distinct"):
+            figures["reference"] = reference
+            ratios = [r[name]["throughput"] / r[reference]["throughput"] for r in rounds]
+            deltas = [r[name]["p99_ms"] - r[reference]["p99_ms"] for r in rounds]
             figures["ratio"] = round(statistics.median(ratios), 4)
             figures["ratio_quartiles"] = _quartiles(ratios)
             figures["p99_delta_ms"] = round(statistics.median(deltas), 3)
@@ -144,7 +157,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     rounds = result["rounds"]
     x = list(range(1, len(rounds) + 1))
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    for name, marker in zip(VARIANTS, "o^sdvx", strict=True):
+    for name, marker in zip(VARIANTS, "o^sdvx*", strict=True):
         top.plot(x, [r[name]["throughput"] for r in rounds], marker=marker, label=name)
         bottom.plot(x, [r[name]["p99_ms"] for r in rounds], marker=marker, label=name)
     top.set_ylabel("infer/s")
@@ -191,7 +204,7 @@ def run(
         distinct = scratch / "distinct.json"
         _write_distinct_inputs(distinct)
         perf_args = {name: () for name in names} | {
-            "mlp_cache_misses": ("--input-data", str(distinct))
+            name: ("--input-data", str(distinct)) for name in DISTINCT
         }
         build = Build("checkout", "checkout (working tree)", None)
         server = BuildServer(

@@ -29,13 +29,16 @@ Per request (module :mod:`batchwire.server.response_cache` for the key and the c
 2. A miss without coalescing runs the rest of the chain; a successful result is
    stored and the time spent looking up and storing counted as ``cache_miss`` (and
    added to the request's duration, as Triton). Failures are never stored.
-3. With coalescing, the first request for a key (the leader) starts the run in a
-   task of its own; requests with the same key arriving before it ends (followers)
-   wait for that task instead of running. Everyone waits through ``asyncio.shield``:
+3. With coalescing, the first request for a key (the leader) runs the rest of the
+   chain in its own coroutine, as without coalescing (no task: a key nobody else asks
+   for meanwhile, the usual case, costs no more than caching alone); requests with the
+   same key arriving before it ends (followers) wait for its answer, through
+   ``asyncio.shield``, instead of running:
 
-   - a waiter cancelled (its caller went away, its deadline passed) leaves alone;
-     the run goes on for the others, and is cancelled only when nobody waits for it
-     any more (the leader cancelled with no follower behaves as without the stage);
+   - a follower cancelled (its caller went away, its deadline passed) leaves alone;
+   - a leader cancelled while followers wait: the request is run again for them, in
+     a task of its own (the one case where a key runs twice); with no follower it is
+     just a cancelled request;
    - a successful run answers everyone with the same read-only arrays (each
      follower's result is its own object); a follower counts as a success and in
      ``coalesced`` (batchwire_coalesced_requests_total), neither hit nor miss;
@@ -60,6 +63,7 @@ import copy
 import logging
 import time
 from collections.abc import Awaitable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from batchwire.core.errors import (
@@ -117,12 +121,14 @@ class _Policy:
 
 
 class _Flight:
-    """One run in progress for a key, and how many requests wait for it."""
+    """One run in progress for a key: its answer to come, and how many followers wait."""
 
-    __slots__ = ("task", "waiters")
+    __slots__ = ("answer", "waiters")
 
     def __init__(self) -> None:
-        self.task: asyncio.Task[tuple[dict[str, np.ndarray], InferenceResult]] | None = None
+        self.answer: asyncio.Future[dict[str, np.ndarray]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.waiters = 0
 
 
@@ -285,54 +291,101 @@ class ResponseCaching(Stage):
                 if outputs is not None:
                     return self._hit(start, outputs, policy)
             flight = flights.get(key)
-            leader = flight is None
             if flight is None:
-                flight = flights[key] = _Flight()
-                flight.task = asyncio.ensure_future(
-                    self._run(call, key, flight, policy, _perf_ns() - start)
-                )
-            task = flight.task
-            assert task is not None
+                return await self._lead(call, key, policy, _perf_ns() - start)
             flight.waiters += 1
             try:
-                answer, result = await asyncio.shield(task)
+                # Shielded: a follower that goes away must not cancel the others' answer.
+                answer = await asyncio.shield(flight.answer)
             except InferenceError as exc:
-                if leader:
-                    raise
                 if isinstance(exc, _LEADERS_OWN):
                     continue  # the leader's deadline or cancellation, not the answer: again
                 raise _follower_error(exc) from None
             finally:
                 flight.waiters -= 1
-                if not flight.waiters and not task.done():
-                    # Nobody waits for the answer any more: stop computing it.
-                    task.cancel()
-                    if flights.get(key) is flight:
-                        del flights[key]
-            if leader:
-                return result
             stats = policy.stats
             if stats is not None:
                 stats.count_coalesced(_perf_ns() - start)
             return InferenceResult(dict(answer), RequestTimings(received_ns=start))
 
-    async def _run(
-        self, call: InferenceCall, key: bytes, flight: _Flight, policy: _Policy, lookup_ns: int
-    ) -> tuple[dict[str, np.ndarray], InferenceResult]:
-        """The leader's request through the rest of the chain, for every waiter."""
+    async def _lead(
+        self, call: InferenceCall, key: bytes, policy: _Policy, lookup_ns: int
+    ) -> InferenceResult:
+        """Run the leader's request in its own coroutine (no task: the common case, a key
+        nobody else asks for meanwhile, costs what caching alone costs) and publish the
+        answer to the followers that came meanwhile."""
+        flight = self._flights[key] = _Flight()
         try:
-            cache = policy.cache
-            if cache is None:
-                result = await self.next(call)
-                outputs = freeze_outputs(result.outputs, own=False)
-                result.outputs = dict(outputs)
-                return outputs, result
-            model = call.served.name  # type: ignore[union-attr]
-            generation = cache.generation(model)
+            outputs, result = await self._compute(call, key, policy, lookup_ns)
+        except asyncio.CancelledError:
+            if flight.waiters:
+                # The leader's caller went away, its followers did not: run the request
+                # again for them, in a task of its own (the one case that runs twice).
+                task = asyncio.ensure_future(self._compute(call, key, policy, lookup_ns))
+                _background.add(task)
+                task.add_done_callback(partial(self._settle, key, flight))
+            else:
+                self._publish(key, flight, None, None)
+            raise
+        except BaseException as exc:
+            self._publish(key, flight, None, exc)
+            raise
+        self._publish(key, flight, outputs, None)
+        return result
+
+    def _settle(self, key: bytes, flight: _Flight, task: asyncio.Task) -> None:
+        """The run a cancelled leader left to its followers ended: answer them."""
+        _background.discard(task)
+        if task.cancelled():
+            self._publish(key, flight, None, None)
+            flight.answer.cancel()
+            return
+        exc = task.exception()
+        self._publish(key, flight, None if exc else task.result()[0], exc)
+
+    def _publish(
+        self,
+        key: bytes,
+        flight: _Flight,
+        outputs: dict[str, np.ndarray] | None,
+        error: BaseException | None,
+    ) -> None:
+        # Out of the table before any follower wakes: a request arriving from now on
+        # finds the cache entry, or starts a run of its own.
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        answer = flight.answer
+        if answer.done():
+            return
+        if outputs is not None:
+            answer.set_result(outputs)
+        elif error is not None and flight.waiters:
+            # Only with followers: an exception nobody reads would be logged by asyncio.
+            answer.set_exception(
+                error
+                if isinstance(error, InferenceError)
+                else RequestCancelledError("the request this one waited for was not answered")
+            )
+        elif flight.waiters:
+            answer.set_exception(
+                RequestCancelledError("the request this one waited for was cancelled")
+            )
+
+    async def _compute(
+        self, call: InferenceCall, key: bytes, policy: _Policy, lookup_ns: int
+    ) -> tuple[dict[str, np.ndarray], InferenceResult]:
+        """The request through the rest of the chain; its outputs frozen (and stored)."""
+        cache = policy.cache
+        if cache is None:
             result = await self.next(call)
-            return self._store(cache, key, model, generation, result, policy, lookup_ns), result
-        finally:
-            # Before any waiter wakes: a request arriving from now on finds the cache
-            # entry, or starts a run of its own.
-            if self._flights.get(key) is flight:
-                del self._flights[key]
+            outputs = freeze_outputs(result.outputs, own=False)
+            result.outputs = dict(outputs)
+            return outputs, result
+        model = call.served.name  # type: ignore[union-attr]
+        generation = cache.generation(model)
+        result = await self.next(call)
+        return self._store(cache, key, model, generation, result, policy, lookup_ns), result
+
+
+#: Runs left to the followers of a cancelled leader: asyncio keeps only weak references.
+_background: set[asyncio.Task] = set()

@@ -38,7 +38,9 @@ def test_short_run_measures_every_variant(tmp_path: Path, perf_analyzer: str) ->
     summary = result["summary"]
     ratio = row["mlp_split"]["throughput"] / row["mlp"]["throughput"]
     assert summary["mlp_split"]["ratio"] == pytest.approx(ratio, abs=1e-4)
-    assert "ratio" not in summary["mlp"]
+    assert "ratio" not in summary["mlp"] and "ratio" not in summary["mlp_distinct"]
+    misses = row["mlp_cache_misses"]["throughput"] / row["mlp_distinct"]["throughput"]
+    assert summary["mlp_cache_misses"]["ratio"] == pytest.approx(misses, abs=1e-4)
     assert set(summary) == set(VARIANTS)
 
 
