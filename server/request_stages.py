@@ -76,7 +76,8 @@ class Decode(Stage):
     """The wire message -> ``call.request`` and ``call.datatypes``, by the front end's codec.
 
     Carries the call's options onto the request: its deadline, whether the caller
-    pipelines, and the trace context when the request is traced.
+    pipelines, and the trace context when the request is traced. A copy of a call (a
+    shadow's) is given its model's lowest priority level, when the model has levels.
     """
 
     __slots__ = ()
@@ -90,6 +91,12 @@ class Decode(Stage):
         request, call.datatypes = call.codec.decode(call.message, spec, call.deadline)  # type: ignore[arg-type]
         if call.pipelined:
             request.pipelined = True
+        if call.copy_of is not None:
+            # A copy (a shadow's) queues at its model's lowest priority level, behind
+            # every request a caller waits for (no levels: the one queue, as any request).
+            batching = spec.batching  # type: ignore[union-attr]
+            if batching is not None and batching.priority_levels:
+                request.priority = batching.priority_levels
         span = call.span
         if span is not None:
             request.trace_context = span.ids

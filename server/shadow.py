@@ -14,9 +14,11 @@ Rules:
 - The caller always gets the primary's answer (or its error): the shadow copy runs in
   a task of its own through the rest of the chain (its own resolution, decoding,
   validation and batcher), never awaited by the primary, and its result is never
-  returned. At most :data:`MAX_SHADOWS_IN_FLIGHT` copies per model run at once; past
-  that a copy is dropped and counted, so a slow shadow version never holds memory or
-  delays the primary beyond the CPU it shares.
+  returned. It queues at the shadow version's lowest priority level when that
+  version's config declares ``priority_levels`` (the Decode stage sets it). At most
+  :data:`MAX_SHADOWS_IN_FLIGHT` copies per model run at once; past that a copy is
+  dropped and counted, so a slow shadow version never holds memory or delays the
+  primary beyond the CPU it shares.
 - When both answers are in, each output present in both is compared: the largest
   absolute difference (observed in the ``batchwire_shadow_max_abs_diff`` histogram),
   outside the tolerance or not (``..._out_of_tolerance_total``), and for outputs shaped

@@ -205,3 +205,42 @@ def test_a_shadow_copy_never_writes_the_callers_shared_memory(tmp_path: Path, se
         client.unregister_system_shared_memory()
         client.close()
         shm.destroy_shared_memory_region(handle)
+
+
+def test_a_shadow_copy_queues_at_the_lowest_priority_level() -> None:
+    from types import SimpleNamespace
+
+    from batchwire.core.spec import BatchingSpec, ModelSpec, TensorSpec
+    from batchwire.server.codec import GRPC_CODEC
+    from batchwire.server.inference_call import Caller, InferenceCall
+    from batchwire.server.request_stages import Decode
+
+    def spec(levels: int) -> ModelSpec:
+        return ModelSpec(
+            name="shadowed",
+            version="2",
+            platform="python",
+            max_batch_size=8,
+            inputs=(TensorSpec("X", "FP32", (1,)),),
+            outputs=(TensorSpec("Y", "FP32", (1,)),),
+            batching=BatchingSpec(
+                priority_levels=levels, default_priority_level=1 if levels else 0
+            ),
+        )
+
+    seen: list[int] = []
+    decode = Decode(None, "shadowed")  # type: ignore[arg-type]
+    decode.next = lambda call: seen.append(call.request.priority)  # type: ignore[assignment,func-returns-value]
+    for levels in (3, 0):
+        original = InferenceCall(
+            x_request(1.0, model="shadowed"),
+            GRPC_CODEC,
+            Caller("ModelInfer", lambda: None),
+            "shadowed",
+        )
+        for call in (original, original.copy(version="2")):
+            call.served = SimpleNamespace(spec=spec(levels))  # type: ignore[assignment]
+            decode(call)
+    # The caller's request keeps its own (default) priority; the copy goes last, when
+    # the model has levels to go last in.
+    assert seen == [0, 3, 0, 0]
