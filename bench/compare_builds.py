@@ -249,7 +249,8 @@ def _brief(figures: dict) -> str:
     )
 
 
-def _quartiles(values: list[float]) -> list[float]:
+def quartiles(values: list[float]) -> list[float]:
+    """[q1, median, q3] of ``values`` (inclusive method), rounded to 4 places."""
     if len(values) == 1:
         return [round(values[0], 4)] * 3
     q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
@@ -265,9 +266,9 @@ def summarize(rounds: list[dict]) -> dict[str, dict]:
         deltas = [p["new"]["p50_ms"] - p["base"]["p50_ms"] for p in pairs]
         figures: dict[str, object] = {
             "ratio": round(statistics.median(ratios), 4),
-            "ratio_quartiles": _quartiles(ratios),
+            "ratio_quartiles": quartiles(ratios),
             "p50_delta_ms": round(statistics.median(deltas), 4),
-            "p50_delta_ms_quartiles": _quartiles(deltas),
+            "p50_delta_ms_quartiles": quartiles(deltas),
         }
         for key in ("throughput", "p50_ms", "p99_ms", "server_cpu_us"):
             for label in ("base", "new"):

@@ -58,6 +58,7 @@ from batchwire.bench.compare_builds import (
     Scenario,
     measure,
     perf_analyzer_binary,
+    quartiles,
 )
 
 __all__ = [
@@ -142,13 +143,6 @@ def export_reduce_model(repository: Path) -> Path:
     return folder
 
 
-def _quartiles(values: list[float]) -> list[float]:
-    if len(values) == 1:
-        return [round(values[0], 4)] * 3
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return [round(q1, 4), round(median, 4), round(q3, 4)]
-
-
 def summarize(rounds: list[dict[str, Any]], scenarios: Sequence[ModelScenario]) -> dict[str, Any]:
     """Per scenario: medians (and quartiles) over rounds of shm / plain and of each side."""
     summary: dict[str, dict[str, Any]] = {}
@@ -161,16 +155,16 @@ def summarize(rounds: list[dict[str, Any]], scenarios: Sequence[ModelScenario]) 
             "input_bytes": case.input_bytes,
             "concurrency": case.scenario.concurrency,
             "ratio": round(statistics.median(ratios), 4),
-            "ratio_quartiles": _quartiles(ratios),
+            "ratio_quartiles": quartiles(ratios),
             "p50_delta_ms": round(statistics.median(deltas), 4),
-            "p50_delta_ms_quartiles": _quartiles(deltas),
+            "p50_delta_ms_quartiles": quartiles(deltas),
         }
         for side in SIDES:
             for key in ("throughput", "p50_ms", "p99_ms", "server_cpu_us"):
                 values = [p[side][key] for p in pairs if p[side][key] is not None]
                 figures[f"{side}_{key}"] = round(statistics.median(values), 3) if values else None
                 if key == "throughput":
-                    figures[f"{side}_throughput_quartiles"] = _quartiles(values)
+                    figures[f"{side}_throughput_quartiles"] = quartiles(values)
         summary[case.name] = figures
     return summary
 

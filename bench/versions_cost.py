@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from batchwire.bench.compare_builds import Build, BuildServer, Scenario, measure
+from batchwire.bench.compare_builds import Build, BuildServer, Scenario, measure, quartiles
 from batchwire.bench.compare_builds import perf_analyzer_binary as find_binary
 
 __all__ = ["CACHED", "DISTINCT_INPUTS", "VARIANTS", "export_variants", "run"]
@@ -121,13 +121,6 @@ def _write_distinct_inputs(path: Path) -> None:
     path.write_text(json.dumps({"data": data}))
 
 
-def _quartiles(values: list[float]) -> list[float]:
-    if len(values) == 1:
-        return [round(values[0], 4)] * 3
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return [round(q1, 4), round(median, 4), round(q3, 4)]
-
-
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for name in VARIANTS:
@@ -141,9 +134,9 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             ratios = [r[name]["throughput"] / r[reference]["throughput"] for r in rounds]
             deltas = [r[name]["p99_ms"] - r[reference]["p99_ms"] for r in rounds]
             figures["ratio"] = round(statistics.median(ratios), 4)
-            figures["ratio_quartiles"] = _quartiles(ratios)
+            figures["ratio_quartiles"] = quartiles(ratios)
             figures["p99_delta_ms"] = round(statistics.median(deltas), 3)
-            figures["p99_delta_ms_quartiles"] = _quartiles(deltas)
+            figures["p99_delta_ms_quartiles"] = quartiles(deltas)
         summary[name] = figures
     return summary
 
