@@ -47,6 +47,7 @@ cancellation it misses only means the result is dropped later).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -79,6 +80,9 @@ __all__ = ["Executor", "Instance", "Job", "is_oom"]
 logger = logging.getLogger(__name__)
 
 _perf_ns = time.perf_counter_ns
+#: Batch numbers for RequestTimings.batch_id, shared by every model of the process.
+#: ``next()`` on a count is atomic under the GIL, so worker threads may draw from it.
+_batch_ids = itertools.count(1)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -306,8 +310,10 @@ class Executor:
         items = sum(sizes)
         queue_end = start_ns
         results = job.results
+        batch_id = next(_batch_ids)
         for entry, request, out in zip(entries, requests, outputs, strict=True):
             timings = request.timings
+            timings.batch_id = batch_id
             timings.queue_ns = queue_end - timings.received_ns
             timings.compute_input_ns = in_ns
             timings.compute_infer_ns = infer_ns
@@ -340,8 +346,10 @@ class Executor:
         """Fail every request of an attempt with (its own copy of) ``error``."""
         items = sum(sizes)
         elapsed = _perf_ns() - start_ns
+        batch_id = next(_batch_ids)
         for entry, request in zip(entries, requests, strict=True):
             timings = request.timings
+            timings.batch_id = batch_id
             timings.queue_ns = start_ns - timings.received_ns
             timings.compute_infer_ns = elapsed
             timings.batch_size = items

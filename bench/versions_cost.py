@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -50,8 +49,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from batchwire.bench.compare_builds import Build, BuildServer, Scenario, measure, quartiles
+from batchwire.bench.compare_builds import Build, BuildServer, Scenario, measure
 from batchwire.bench.compare_builds import perf_analyzer_binary as find_binary
+from batchwire.bench.rotation import plot_rotation, summarize_rotation
 
 __all__ = ["CACHED", "DISTINCT_INPUTS", "VARIANTS", "export_variants", "run"]
 
@@ -122,56 +122,22 @@ def _write_distinct_inputs(path: Path) -> None:
 
 
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for name in VARIANTS:
-        figures: dict[str, Any] = {}
-        for key in ("throughput", "p50_ms", "p99_ms", "server_cpu_us"):
-            values = [r[name][key] for r in rounds if r[name][key] is not None]
-            figures[key] = round(statistics.median(values), 3) if values else None
-        reference = REFERENCE.get(name, "mlp")
-        if name not in ("mlp", "mlp_distinct"):
-            figures["reference"] = reference
-            ratios = [r[name]["throughput"] / r[reference]["throughput"] for r in rounds]
-            deltas = [r[name]["p99_ms"] - r[reference]["p99_ms"] for r in rounds]
-            figures["ratio"] = round(statistics.median(ratios), 4)
-            figures["ratio_quartiles"] = quartiles(ratios)
-            figures["p99_delta_ms"] = round(statistics.median(deltas), 3)
-            figures["p99_delta_ms_quartiles"] = quartiles(deltas)
-        summary[name] = figures
-    return summary
+    """Medians per variant; ratio and p99 delta against each one's reference."""
+    references = {
+        name: REFERENCE.get(name, "mlp") for name in VARIANTS if name not in ("mlp", "mlp_distinct")
+    }
+    return summarize_rotation(rounds, list(VARIANTS), references)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = result["rounds"]
-    x = list(range(1, len(rounds) + 1))
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    for name, marker in zip(VARIANTS, "o^sdvx*", strict=True):
-        top.plot(x, [r[name]["throughput"] for r in rounds], marker=marker, label=name)
-        bottom.plot(x, [r[name]["p99_ms"] for r in rounds], marker=marker, label=name)
-    top.set_ylabel("infer/s")
-    bottom.set_ylabel("p99 latency (ms)")
-    bottom.set_xlabel("round")
-    for axis in (top, bottom):
-        axis.set_ylim(bottom=0)
-        axis.set_xticks(x)
-        axis.legend(loc="best")
-        axis.grid(True, alpha=0.3)
     summary = result["summary"]
-    top.set_title(
+    title = (
         f"mlp, c={result['concurrency']}: route/plain {summary['mlp_route']['ratio']:.3f}, "
         f"split/plain {summary['mlp_split']['ratio']:.3f}, "
         f"shadow/plain {summary['mlp_shadow']['ratio']:.3f} (medians); "
-        f"{result['machine']['cpus']} CPUs",
-        fontsize=10,
+        f"{result['machine']['cpus']} CPUs"
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    plot_rotation(result["rounds"], list(VARIANTS), title, path)
 
 
 def run(

@@ -23,6 +23,10 @@ class RequestTimings:
     compute_output_ns: int = 0
     #: Items (sum of batch dimensions) in the batch this request ran in.
     batch_size: int = 0
+    #: The batch this request ran in: a number unique within the server process, the
+    #: same for every request of one runner call (0: no batch ran it). Audit records
+    #: carry it, so requests answered together can be found together.
+    batch_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
+from batchwire.examples.drift_reference import example_profile, reference_data
 from batchwire.examples.models import EXAMPLE_NAMES, build_model, config_text, get_example
+from batchwire.telemetry.drift_profile import PROFILE_FILE, build_profile, save_profile
 
 # EXAMPLE_NAMES: what export_examples writes by default.
 __all__ = [
@@ -37,7 +39,8 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def export_example(dest: Path, name: str) -> Path:
-    """Write ``<dest>/<name>/config.pbtxt`` and ``<dest>/<name>/1/model.pt``; returns the model folder."""
+    """Write ``<dest>/<name>/config.pbtxt`` and ``<dest>/<name>/1/model.pt`` (and, for the
+    examples that ship one, ``1/drift_profile.json``); returns the model folder."""
     get_example(name)  # KeyError with the valid names before anything is written
     model_dir = Path(dest) / name
     version_dir = model_dir / EXAMPLE_VERSION
@@ -47,6 +50,10 @@ def export_example(dest: Path, name: str) -> Path:
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
         scripted = torch.jit.script(build_model(name))
     _write_atomically(version_dir / "model.pt", lambda tmp: scripted.save(str(tmp)))
+    # Before the config: a server watching the repository never sees the model without it.
+    profile = example_profile(name)
+    if profile is not None:
+        save_profile(profile, version_dir / PROFILE_FILE)
     _write_atomically(
         model_dir / "config.pbtxt", lambda tmp: tmp.write_text(config_text(name), encoding="utf-8")
     )
@@ -95,6 +102,13 @@ def export_canary(dest: Path) -> Path:
             version_dir = model_dir / version
             version_dir.mkdir(parents=True, exist_ok=True)
             _write_atomically(version_dir / "model.pt", partial(_save_scripted, module))
+            # Each version's profile: the mlp reference inputs and that version's answers,
+            # so a canary's drift is measured against what it answered in testing.
+            inputs, _ = reference_data("mlp")
+            with torch.inference_mode():
+                scores = module(torch.from_numpy(inputs["INPUT__0"])).numpy()
+            profile = build_profile(inputs, {"OUTPUT__0": scores}, class_scores=("OUTPUT__0",))
+            save_profile(profile, version_dir / PROFILE_FILE)
     config = config_text("mlp").replace('name: "mlp"', f'name: "{CANARY_NAME}"')
     config += "version_policy: { all: {} }\n"
     for key, value in _CANARY_PARAMETERS.items():

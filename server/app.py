@@ -27,6 +27,7 @@ from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 from batchwire.server.access import AccessConfigError, AccessPolicy, parse_restricted_protocol
 from batchwire.server.access_grpc import AccessInterceptor
 from batchwire.server.dataplane import DataPlane
+from batchwire.server.drift_stage import DriftCounts
 from batchwire.server.health import HealthReporter
 from batchwire.server.model_control import ModelControlMode, RepositoryPoller, startup_models
 from batchwire.server.reflection import enable_reflection
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from batchwire.server.pipeline import StageFactory
+    from batchwire.telemetry.audit_log import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,7 @@ class BatchwireServer:
         self._examples_dir: Path | None = None
         #: Follows the repository in poll mode (batchwire.server.model_control).
         self._poller: RepositoryPoller | None = None
+        self._audit: AuditLog | None = None
 
     @property
     def address(self) -> str:
@@ -226,6 +229,42 @@ class BatchwireServer:
             )
         except AccessConfigError as exc:
             raise StartupError(str(exc)) from None
+
+    def _audit_log(self) -> AuditLog | None:
+        """The started audit log the settings ask for (None when none): a key that does not
+        load or a directory that cannot be written stops start-up, naming the path."""
+        settings = self.settings
+        if settings.audit_log is None:
+            return None
+        from batchwire.telemetry.audit_log import AuditLogError
+        from batchwire.telemetry.audit_process import AuditLogProcess
+        from batchwire.telemetry.logs import JsonFormatter
+
+        # The writer process logs as this process does.
+        level = logging.getLevelName(logging.getLogger("batchwire").getEffectiveLevel())
+        json_logs = any(
+            isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers
+        )
+        try:
+            log_ = AuditLogProcess(
+                settings.audit_log,
+                signing_key_path=settings.audit_signing_key,
+                log_level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "DEBUG",
+                log_format="json" if json_logs else "text",
+                payloads=settings.audit_payloads,
+                queue_size=settings.audit_queue_size,
+                on_full=settings.audit_queue_full,
+                rotate_bytes=settings.audit_rotate_bytes,
+                rotate_seconds=settings.audit_rotate_secs,
+                retention_seconds=settings.audit_retention_days * 86400.0,
+                checkpoint_records=settings.audit_checkpoint_records,
+                checkpoint_seconds=settings.audit_checkpoint_secs,
+            )
+            log_.start(asyncio.get_running_loop())
+        except AuditLogError as exc:
+            raise StartupError(f"--audit-log: {exc}") from None
+        self._audit = log_
+        return log_
 
     def _bind(self, server: grpc.aio.Server) -> int:
         """Add the gRPC port to ``server``; returns the bound port (the chosen one for 0)."""
@@ -297,6 +336,7 @@ class BatchwireServer:
                 raise StartupError(str(exc)) from None
         root = self._checked_repository()
         access = self._access_policy()
+        audit_log = self._audit_log()
         limit = settings.max_message_bytes
         server = self._server = grpc.aio.server(
             interceptors=[AccessInterceptor(access)] if access.enforcing else None,
@@ -340,6 +380,8 @@ class BatchwireServer:
         except ModelLoadError as exc:
             raise StartupError(str(exc)) from None
         self.registry = ModelRegistry(repository, observer_factory=telemetry.observer_factory)
+        # Audit records name each version's artifact and config hashes, taken at load.
+        self.registry.fingerprints = audit_log is not None
         cache = parse_cache_config(settings.cache_config)  # checked by the settings already
         response_cache = ResponseCache(cache.size) if cache is not None else None
         if response_cache is not None:
@@ -360,6 +402,8 @@ class BatchwireServer:
                 cuda_available=torch.cuda.is_available(),
             ),
             response_cache=response_cache,
+            audit_log=audit_log,
+            drift=DriftCounts() if settings.drift_statistics else None,
         )
         telemetry.versions = self.dataplane
         if access.enforcing:
@@ -436,6 +480,12 @@ class BatchwireServer:
             await self.registry.close()
         if dataplane is not None and dataplane.shared_memory.regions is not None:
             dataplane.shared_memory.regions.close()
+        if dataplane is not None and dataplane.drift is not None:
+            await asyncio.to_thread(dataplane.drift.close)
+        if self._audit is not None:
+            # After the last answer: every accepted request's record is in the log.
+            await asyncio.to_thread(self._audit.close)
+            self._audit = None
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.close, min(max(grace, 1.0), 5.0))
         if self._examples_dir is not None:

@@ -24,7 +24,9 @@ from typer.core import TyperCommand
 
 from batchwire import __version__
 from batchwire.clients.cli import CONTEXT_SETTINGS, HelpCommand, HelpGroup
+from batchwire.server.audit_cli import audit_app
 from batchwire.server.auth_cli import auth_app
+from batchwire.server.drift_cli import drift_app
 
 # Choices and defaults of the --trace-* options, declared once for the whole server
 # (standard library only: --help stays free of OpenTelemetry).
@@ -72,7 +74,9 @@ examples_app = typer.Typer(
     context_settings=CONTEXT_SETTINGS,
 )
 app.add_typer(examples_app, name="examples")
+app.add_typer(audit_app, name="audit")
 app.add_typer(auth_app, name="auth")
+app.add_typer(drift_app, name="drift")
 
 
 class LogLevel(str, enum.Enum):
@@ -154,6 +158,24 @@ def triton_bool(text: str | bool) -> bool:
     if value in ("false", "off", "0", "no"):
         return False
     raise typer.BadParameter(f"expected true or false, got {text!r}")
+
+
+def boolean_word(text: str) -> str:
+    """A typer ``callback`` for a boolean option that takes a value: ``text`` unchanged
+    when :func:`triton_bool` reads it, else a usage error (exit 2)."""
+    triton_bool(text)
+    return text
+
+
+def positive_days(text: str | float) -> float:
+    """A typer ``parser``: a number of days above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"expected a number of days above 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise typer.BadParameter(f"expected a number of days above 0, got {value}")
+    return value
 
 
 def positive_seconds(text: str | float) -> float:
@@ -249,7 +271,12 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 
 
 #: Triton's boolean options of ``serve``: declared as flags, they also take a value.
-TRITON_BOOLEAN_OPTIONS = ("--grpc-use-ssl", "--grpc-use-ssl-mutual", "--allow-client-shm")
+TRITON_BOOLEAN_OPTIONS = (
+    "--grpc-use-ssl",
+    "--grpc-use-ssl-mutual",
+    "--allow-client-shm",
+    "--audit-payloads",
+)
 _BOOLEAN_WORDS = ("true", "on", "1", "yes", "false", "off", "0", "no")
 
 
@@ -526,6 +553,114 @@ def serve(
             "docs/response-cache.md).",
         ),
     ] = None,
+    audit_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit-log",
+            envvar="BATCHWIRE_AUDIT_LOG",
+            metavar="<dir>",
+            help="Keep a tamper-evident audit log in this directory: one chained JSON line "
+            "per inference request (docs/governance.md); check it with `batchwire audit "
+            "verify`.",
+        ),
+    ] = None,
+    audit_payloads: Annotated[
+        bool,
+        typer.Option(
+            "--audit-payloads",
+            envvar="BATCHWIRE_AUDIT_PAYLOADS",
+            parser=triton_bool,
+            show_default="false",
+            help="Audit records carry the tensors' bytes too, except the names a model's "
+            "batchwire.audit_redact lists.",
+        ),
+    ] = False,
+    audit_signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit-signing-key",
+            envvar="BATCHWIRE_AUDIT_SIGNING_KEY",
+            metavar="<pem>",
+            help="Ed25519 private key (openssl genpkey -algorithm ed25519) that signs the "
+            "audit log's checkpoints.",
+        ),
+    ] = None,
+    audit_queue_size: Annotated[
+        int,
+        typer.Option(
+            envvar="BATCHWIRE_AUDIT_QUEUE_SIZE",
+            metavar="<records>",
+            parser=integer_parser("a record count", 1),
+            help="Audit records waiting for the writer thread, at most.",
+        ),
+    ] = 10000,
+    audit_queue_full: Annotated[
+        str,
+        typer.Option(
+            envvar="BATCHWIRE_AUDIT_QUEUE_FULL",
+            metavar="block|drop",
+            help="When the audit queue is full (or the disk fails): block (answers wait for "
+            "room; no record is lost) or drop (records are dropped and counted).",
+        ),
+    ] = "block",
+    audit_rotate_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar="BATCHWIRE_AUDIT_ROTATE_BYTES",
+            metavar="<bytes>",
+            parser=integer_parser("a size in bytes", 4096),
+            help="Begin a new audit log file past this size.",
+        ),
+    ] = 100 * 2**20,
+    audit_rotate_secs: Annotated[
+        float,
+        typer.Option(
+            envvar="BATCHWIRE_AUDIT_ROTATE_SECS",
+            metavar="<seconds>",
+            parser=positive_seconds,
+            help="Begin a new audit log file after this many seconds.",
+        ),
+    ] = 86400.0,
+    audit_retention_days: Annotated[
+        float,
+        typer.Option(
+            envvar="BATCHWIRE_AUDIT_RETENTION_DAYS",
+            metavar="<days>",
+            parser=positive_days,
+            help="Delete closed audit log files older than this (default: six months).",
+        ),
+    ] = 183.0,
+    audit_checkpoint_records: Annotated[
+        int,
+        typer.Option(
+            envvar="BATCHWIRE_AUDIT_CHECKPOINT_RECORDS",
+            metavar="<records>",
+            parser=integer_parser("a record count", 1),
+            help="Write a checkpoint (signed with --audit-signing-key) every this many "
+            "audit records, or every --audit-checkpoint-secs, whichever comes first.",
+        ),
+    ] = 1000,
+    audit_checkpoint_secs: Annotated[
+        float,
+        typer.Option(
+            envvar="BATCHWIRE_AUDIT_CHECKPOINT_SECS",
+            metavar="<seconds>",
+            parser=positive_seconds,
+            help="Seconds between audit checkpoints at most (see --audit-checkpoint-records).",
+        ),
+    ] = 60.0,
+    drift_statistics: Annotated[
+        str,
+        typer.Option(
+            "--drift-statistics",
+            envvar="BATCHWIRE_DRIFT_STATISTICS",
+            metavar="true|false",
+            # A value, not a flag: on by default, so the operator writes =false.
+            callback=boolean_word,
+            help="Count live tensors against each version's reference profile "
+            "(drift_profile.json) and export PSI on /metrics.",
+        ),
+    ] = "true",
     grpc_max_concurrent_streams: Annotated[
         int,
         typer.Option(
@@ -636,6 +771,17 @@ def serve(
             max_open_streams=max_open_streams,
             allow_client_shm=allow_client_shm,
             cache_config=tuple(cache_config or ()),
+            audit_log=audit_log,
+            audit_payloads=audit_payloads,
+            audit_signing_key=audit_signing_key,
+            audit_queue_size=audit_queue_size,
+            audit_queue_full=audit_queue_full,
+            audit_rotate_bytes=audit_rotate_bytes,
+            audit_rotate_secs=audit_rotate_secs,
+            audit_retention_days=audit_retention_days,
+            audit_checkpoint_records=audit_checkpoint_records,
+            audit_checkpoint_secs=audit_checkpoint_secs,
+            drift_statistics=triton_bool(drift_statistics),
             exit_timeout_secs=exit_timeout_secs,
             shutdown_delay_secs=shutdown_delay_secs,
         )

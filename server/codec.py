@@ -571,6 +571,12 @@ def routing_key(msg: pb.ModelInferRequest) -> str:
     return value.string_param
 
 
+def request_id(msg: pb.ModelInferRequest) -> str:
+    """The request's ``id`` ("" when it has none), read by the audit log whether or not
+    the request was decoded."""
+    return msg.id
+
+
 class GrpcCodec:
     """ModelInferRequest in, ModelInferResponse out (the data plane's Codec for gRPC)."""
 
@@ -578,6 +584,7 @@ class GrpcCodec:
     decode = staticmethod(decode_infer_request)
     encode = staticmethod(encode_infer_response)
     routing_key = staticmethod(routing_key)
+    request_id = staticmethod(request_id)
 
 
 GRPC_CODEC = GrpcCodec()

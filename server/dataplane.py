@@ -83,8 +83,10 @@ from batchwire.telemetry.tracing import ACTIVE_REQUEST, TraceSettingError
 if TYPE_CHECKING:
     from batchwire.protos.model_config_pb2 import ModelConfig
     from batchwire.server.access import AccessPolicy
+    from batchwire.server.drift_stage import DriftCounts
     from batchwire.server.response_cache import ResponseCache
     from batchwire.telemetry import Telemetry
+    from batchwire.telemetry.audit_log import AuditLog
     from batchwire.telemetry.tracing import RequestSpan, Tracing
 
 __all__ = [
@@ -153,8 +155,16 @@ class DataPlane:
         max_open_streams: int = 0,
         shared_memory: SharedMemoryControl | None = None,
         response_cache: ResponseCache | None = None,
+        audit_log: AuditLog | None = None,
+        drift: DriftCounts | None = None,
     ) -> None:
         self.registry = registry
+        #: The audit log (--audit-log) the audit stage (batchwire.server.audit_stage)
+        #: writes to; None: requests are not audited.
+        self.audit_log = audit_log
+        #: Drift windows of the versions with a reference profile, filled by the drift
+        #: stage (batchwire.server.drift_stage); None: no drift statistics.
+        self.drift = drift
         #: Triton's response cache (--cache-config), used by the ResponseCaching stage
         #: (batchwire.server.response_cache_stage); None: no response is cached.
         self.response_cache = response_cache

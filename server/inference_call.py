@@ -71,6 +71,11 @@ class Codec(Protocol):
         models with a traffic split; InvalidInputError when it is not a string."""
         ...
 
+    def request_id(self, message: Any) -> str:
+        """The id the caller gave the request ("" when none), without decoding it
+        (the audit log names refused requests by it too)."""
+        ...
+
 
 class Caller:
     """Who sent a request: one per unary call, one per stream (shared by its requests).

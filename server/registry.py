@@ -53,6 +53,7 @@ from batchwire.core.observer import BatchObserver
 from batchwire.core.spec import ModelSpec
 from batchwire.protos import model_config_pb2
 from batchwire.server.repository import ModelEntry, ModelRepository, ModelVersionSource
+from batchwire.server.repository.fingerprint import artifact_sha256, config_sha256
 from batchwire.server.repository.overrides import remove_override_folder
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,12 @@ class ServedModel:
     spec: ModelSpec | None = None
     config: model_config_pb2.ModelConfig | None = None
     batcher: ModelBatcher | None = None
+    #: What the repository found for this version (its folder), once loading began.
+    source: ModelVersionSource | None = None
+    #: SHA-256 of the model artifact and of the effective config (hex), taken while
+    #: loading when the registry's ``fingerprints`` is on (the audit log), else "".
+    artifact_sha256: str = ""
+    config_sha256: str = ""
 
     @property
     def ready(self) -> bool:
@@ -138,6 +145,9 @@ class ModelRegistry:
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[StateListener] = []
         self._closed = False
+        #: Hash each version's artifact and config while loading it (the audit log's
+        #: ``model_sha256`` and ``config_sha256``); off, loading reads nothing extra.
+        self.fingerprints = False
 
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(name, ready)`` after every load/unload of a model."""
@@ -341,9 +351,18 @@ class ModelRegistry:
 
     async def _load_version(self, source: ModelVersionSource) -> ServedModel:
         served = ServedModel(
-            source.name, source.version, ModelState.LOADING, spec=source.spec, config=source.config
+            source.name,
+            source.version,
+            ModelState.LOADING,
+            spec=source.spec,
+            config=source.config,
+            source=source,
         )
         try:
+            if self.fingerprints:
+                served.artifact_sha256, served.config_sha256 = await asyncio.to_thread(
+                    _fingerprint, source
+                )
             model = await asyncio.to_thread(self.repository.load, source)
             observer = self._observer_factory(source.spec) if self._observer_factory else None
             batcher = ModelBatcher(
@@ -422,3 +441,8 @@ class ModelRegistry:
                 listener(name, ready)
             except Exception:
                 log.exception("model state listener failed for '%s'", name)
+
+
+def _fingerprint(source: ModelVersionSource) -> tuple[str, str]:
+    """(artifact SHA-256, config SHA-256) of ``source``, read off the loop."""
+    return artifact_sha256(source), config_sha256(source.config)

@@ -11,6 +11,9 @@ from batchwire.telemetry.trace_config import check_trace_settings
 #: Triton's --model-control-mode values.
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 
+#: --audit-queue-full values.
+AUDIT_QUEUE_FULL = ("block", "drop")
+
 #: tritonclient sends messages up to 2 GiB; gRPC's own default is 4 MiB.
 DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -108,6 +111,30 @@ class ServerSettings:
     #: ``response_cache`` (batchwire.server.response_cache). Empty: no cache.
     cache_config: tuple[str, ...] = ()
 
+    # -- governance: the audit log and drift statistics (docs/governance.md) ---------
+    #: Directory of the audit log: one chained JSON line per inference request
+    #: (batchwire.telemetry.audit_log). None: no audit log.
+    audit_log: Path | None = None
+    #: Audit records carry the tensors' bytes (base64), not only their SHA-256.
+    audit_payloads: bool = False
+    #: Ed25519 private key (PEM) that signs the log's checkpoints; None: unsigned.
+    audit_signing_key: Path | None = None
+    #: Records waiting for the writer thread, at most.
+    audit_queue_size: int = 10000
+    #: What a request does when that queue is full: "block" (waits for room) or "drop"
+    #: (its record is dropped and counted).
+    audit_queue_full: str = "block"
+    #: A log file is closed and a new one begun past this many bytes or seconds.
+    audit_rotate_bytes: int = 100 * 2**20
+    audit_rotate_secs: float = 86400.0
+    #: Days a closed log file is kept (six months by default: the EU AI Act's minimum).
+    audit_retention_days: float = 183.0
+    #: A signed checkpoint every this many records or seconds, whichever comes first.
+    audit_checkpoint_records: int = 1000
+    audit_checkpoint_secs: float = 60.0
+    #: Count live tensors against the versions' reference profiles (drift statistics).
+    drift_statistics: bool = True
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
@@ -152,6 +179,23 @@ class ServerSettings:
                     raise ValueError(f"{using} needs {option}")
         if self.grpc_use_ssl_mutual and self.grpc_root_cert is None:
             raise ValueError("--grpc-use-ssl-mutual needs --grpc-root-cert")
+        if self.audit_queue_full not in AUDIT_QUEUE_FULL:
+            raise ValueError(
+                f"--audit-queue-full must be one of {', '.join(AUDIT_QUEUE_FULL)}, "
+                f"got {self.audit_queue_full!r}"
+            )
+        for name, low in (
+            ("audit_queue_size", 1),
+            ("audit_rotate_bytes", 4096),
+            ("audit_checkpoint_records", 1),
+        ):
+            if getattr(self, name) < low:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be >= {low}, got {getattr(self, name)}")
+        for name in ("audit_rotate_secs", "audit_retention_days", "audit_checkpoint_secs"):
+            if not 0 < getattr(self, name) < math.inf:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be a number above 0, got {getattr(self, name)}")
         if self.cache_config:
             from batchwire.server.response_cache import parse_cache_config
 

@@ -13,6 +13,8 @@ result come back. Tracing and the front end's encoding wrap the whole chain
 from __future__ import annotations
 
 from batchwire.server.access import Authorize
+from batchwire.server.audit_stage import audit
+from batchwire.server.drift_stage import drift
 from batchwire.server.limits import admit
 from batchwire.server.pipeline import StageFactory
 from batchwire.server.request_stages import Decode, Resolve, Submit, Validate, count_rejections
@@ -24,6 +26,7 @@ from batchwire.server.traffic_split import traffic_split
 __all__ = ["STAGES"]
 
 STAGES: tuple[StageFactory, ...] = (
+    audit,  # one record per request, refusals included, in the audit log (--audit-log only)
     Authorize.create,  # the caller's principal may infer on this model (auth config only)
     admit,  # caps on requests in flight, server-wide and per connection (when set)
     traffic_split,  # a version for requests naming none, by the model's weights (when set)
@@ -33,6 +36,7 @@ STAGES: tuple[StageFactory, ...] = (
     Decode,  # the front end's wire message -> InferenceRequest
     SharedMemory,  # inputs read from, outputs written to, registered shared memory
     Validate,  # the request against the model's inputs and outputs
+    drift,  # inputs and outputs counted against the version's reference profile (when it has one)
     ResponseCaching.create,  # response cache hits, identical requests run once (when on)
     Submit,  # the model's batcher answers
 )

@@ -76,7 +76,8 @@ class Telemetry:
         self.access_refusals: Mapping[tuple[str, str], int] = {}
         #: Where the version-routing counters live (the server's data plane: its
         #: traffic_weights, routed_requests, shadow_counts, rollback_gates and
-        #: rollbacks, read at scrape time); None: no such metrics.
+        #: rollbacks, and its audit log and drift windows, read at scrape time); None:
+        #: no such metrics.
         self.versions: Any = None
 
     # -- model versions ------------------------------------------------------------------

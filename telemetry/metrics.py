@@ -271,6 +271,11 @@ class MetricsCollector:
         families.extend(self._gpu_families())
         families.extend(self._access_families())
         families.extend(self._traffic_families())
+        if self._traffic is not None:
+            # Imported here: that module builds on this one's Family.
+            from batchwire.telemetry.governance_metrics import governance_families
+
+            families.extend(governance_families(self._traffic()))
         info = Family("batchwire_build_info", "gauge", "batchwire version (always 1).")
         info.add({"version": __version__}, 1)
         families.append(info)

@@ -35,6 +35,14 @@ SHADOW_TOLERANCE = "batchwire.shadow_tolerance"
 ROLLBACK = "batchwire.rollback"
 #: Read by the response cache stage (server/response_cache_stage.py); checked here.
 COALESCE = "batchwire.coalesce"
+#: Read by the audit stage (server/audit_stage.py); checked here.
+AUDIT_SAMPLE = "batchwire.audit_sample"
+AUDIT_REDACT = "batchwire.audit_redact"
+#: Read by the drift stage (server/drift_stage.py); checked here.
+DRIFT_PROFILE = "batchwire.drift_profile"
+DRIFT_WINDOW_REQUESTS = "batchwire.drift_window_requests"
+DRIFT_WINDOW_SECS = "batchwire.drift_window_secs"
+DRIFT_THRESHOLDS = "batchwire.drift_thresholds"
 
 KNOWN_KEYS = (
     ADAPTIVE_DELAY,
@@ -51,6 +59,12 @@ KNOWN_KEYS = (
     SHADOW_TOLERANCE,
     ROLLBACK,
     COALESCE,
+    AUDIT_SAMPLE,
+    AUDIT_REDACT,
+    DRIFT_PROFILE,
+    DRIFT_WINDOW_REQUESTS,
+    DRIFT_WINDOW_SECS,
+    DRIFT_THRESHOLDS,
 )
 #: keys that only matter with dynamic_batching.
 BATCHING_KEYS = (ADAPTIVE_DELAY, RAGGED_PAD_VALUE, RETRY_BY_HALVES, SPLIT_ON_OOM)
@@ -148,6 +162,13 @@ def parse_options(config: mc.ModelConfig, path: object) -> BatchwireOptions:
         return parse_int(params[key], key, path, minimum) if key in params else None
 
     # Imported here: each parser lives with its stage (server/traffic_split, server/shadow).
+    from batchwire.server.audit_stage import parse_redact, parse_sample
+    from batchwire.server.drift_stage import (
+        parse_profile_path,
+        parse_thresholds,
+        parse_window_requests,
+        parse_window_secs,
+    )
     from batchwire.server.rollback import parse_rollback
     from batchwire.server.shadow import parse_shadow, parse_tolerance
     from batchwire.server.traffic_split import parse_traffic
@@ -157,6 +178,12 @@ def parse_options(config: mc.ModelConfig, path: object) -> BatchwireOptions:
         (SHADOW, parse_shadow),
         (SHADOW_TOLERANCE, parse_tolerance),
         (ROLLBACK, parse_rollback),
+        (AUDIT_SAMPLE, parse_sample),
+        (AUDIT_REDACT, parse_redact),
+        (DRIFT_PROFILE, parse_profile_path),
+        (DRIFT_WINDOW_REQUESTS, parse_window_requests),
+        (DRIFT_WINDOW_SECS, parse_window_secs),
+        (DRIFT_THRESHOLDS, parse_thresholds),
     ):
         if key in params:
             try:
