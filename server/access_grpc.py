@@ -12,6 +12,12 @@ the principal's name, which the servicer copies into its
 :class:`~batchwire.server.inference_call.Caller`: the principal is never read from
 anything the client writes into the request.
 
+A refused inference call (``ModelInfer``, ``ModelStreamInfer``) is also reported to
+``on_refused`` when one is given (the audit log: every inference call the server
+refuses has its record, these included): the operation, the model name and request
+id of a unary call's message ("" for a stream, refused before its first message) and
+the refusal.
+
 Methods are mapped onto the policy's operation names by their last path segment,
 with the ``grpc.health.v1.Health`` methods prefixed ``Health``; a method of another
 service (none is served) is left to gRPC, which answers UNIMPLEMENTED.
@@ -29,7 +35,7 @@ from batchwire.core.errors import InferenceError
 from batchwire.server.access import CURRENT_PRINCIPAL, OPERATIONS, AccessPolicy
 from batchwire.server.status import GRPC_STATUS, describe
 
-__all__ = ["AccessInterceptor", "operation_of"]
+__all__ = ["INFERENCE_OPERATIONS", "AccessInterceptor", "RefusalHook", "operation_of"]
 
 #: auth_context() keys holding the names of a verified client certificate.
 _CERTIFICATE_KEYS = ("x509_common_name", "x509_subject_alternative_name")
@@ -43,11 +49,20 @@ def operation_of(method: str) -> str | None:
     return name if name in OPERATIONS else None
 
 
+#: Told of a refused inference call: (operation, model name, request id, the refusal);
+#: returns an awaitable to wait for before the refusal is sent, or None.
+RefusalHook = Callable[[str, str, str, InferenceError], "Awaitable[None] | None"]
+
+#: The operations whose refusals on_refused hears of.
+INFERENCE_OPERATIONS = frozenset({"ModelInfer", "ModelStreamInfer"})
+
+
 class AccessInterceptor(grpc.aio.ServerInterceptor):
     """Asks ``policy`` before every RPC; see the module docstring."""
 
-    def __init__(self, policy: AccessPolicy) -> None:
+    def __init__(self, policy: AccessPolicy, on_refused: RefusalHook | None = None) -> None:
         self._policy = policy
+        self._on_refused = on_refused
         self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
 
     async def intercept_service(
@@ -72,12 +87,20 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         authorize = self._policy.authorize
         mutual = self._policy.mutual_tls
 
-        async def admit(context: grpc.aio.ServicerContext) -> None:
+        hook = self._on_refused if operation in INFERENCE_OPERATIONS else None
+
+        async def admit(context: grpc.aio.ServicerContext, request: Any) -> None:
             """Set the call's principal, or end the call with the refusal's status."""
             names = (lambda: _certificate_names(context)) if mutual else _no_names
             try:
                 principal = authorize(operation, context.invocation_metadata(), names)
             except InferenceError as exc:
+                if hook is not None:
+                    model = getattr(request, "model_name", "") if request is not None else ""
+                    request_id = getattr(request, "id", "") if request is not None else ""
+                    waiter = hook(operation, model, request_id, exc)
+                    if waiter is not None:
+                        await waiter
                 await context.abort(GRPC_STATUS[exc.code], describe(exc))
                 raise  # abort() raised already; never reached
             CURRENT_PRINCIPAL.set(principal)
@@ -103,15 +126,17 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-#: Checks a call: sets its principal, or aborts it (see AccessInterceptor._wrap).
-Admit = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
+#: Checks a call: sets its principal, or aborts it (see AccessInterceptor._wrap); the
+#: second argument is the request message of a unary call, else None.
+Admit = Callable[[grpc.aio.ServicerContext, Any], Awaitable[None]]
 
 
 def _answering(behaviour: Callable[..., Any], admit: Admit) -> Callable[..., Any]:
     """A behaviour with one response (unary or client-streaming), checked first."""
 
     async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await admit(context)
+        # A request iterator (client streaming) is not a message: the hook gets None.
+        await admit(context, None if hasattr(request, "__aiter__") else request)
         return await behaviour(request, context)
 
     return checked
@@ -124,7 +149,7 @@ def _streaming(behaviour: Callable[..., Any], admit: Admit) -> Callable[..., Any
         return _answering(behaviour, admit)
 
     async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await admit(context)
+        await admit(context, None if hasattr(request, "__aiter__") else request)
         async for response in behaviour(request, context):
             yield response
 

@@ -26,6 +26,7 @@ from batchwire.core.errors import ModelLoadError
 from batchwire.protos import grpc_service_pb2_grpc as pb_grpc
 from batchwire.server.access import AccessConfigError, AccessPolicy, parse_restricted_protocol
 from batchwire.server.access_grpc import AccessInterceptor
+from batchwire.server.audit_stage import transport_refusals
 from batchwire.server.dataplane import DataPlane
 from batchwire.server.drift_stage import DriftCounts
 from batchwire.server.health import HealthReporter
@@ -339,7 +340,14 @@ class BatchwireServer:
         audit_log = self._audit_log()
         limit = settings.max_message_bytes
         server = self._server = grpc.aio.server(
-            interceptors=[AccessInterceptor(access)] if access.enforcing else None,
+            interceptors=[
+                AccessInterceptor(
+                    access,
+                    on_refused=transport_refusals(audit_log) if audit_log is not None else None,
+                )
+            ]
+            if access.enforcing
+            else None,
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),

@@ -32,7 +32,13 @@ Rules
    before the writer hashes it.
 4. **Redaction.** Per model, ``batchwire.audit_redact`` names inputs and outputs
    (comma-separated) whose payload is never written; their hash is.
-5. **Copies.** Shadow copies (:mod:`batchwire.server.shadow`) start after this stage:
+5. **Refused before the data plane.** An inference call the transport's access check
+   refuses (no or a wrong token, a principal without an inference scope, a missing
+   restricted-protocol header) never reaches this stage; the gRPC front end reports it
+   through :func:`transport_refusals` instead: a record with the model name and
+   request id the message carries ("" for a refused stream), no version, no
+   principal (none was admitted) and the refusal's status and message.
+6. **Copies.** Shadow copies (:mod:`batchwire.server.shadow`) start after this stage:
    only answers that reach a caller are recorded.
 
 Concurrency: loop thread only; the log's queue is the only thing shared with its thread.
@@ -43,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,7 +64,15 @@ if TYPE_CHECKING:
     from batchwire.server.inference_call import InferenceCall
     from batchwire.telemetry.audit_log import AuditLog
 
-__all__ = ["REDACT_KEY", "SAMPLE_KEY", "Audit", "audit", "parse_redact", "parse_sample"]
+__all__ = [
+    "REDACT_KEY",
+    "SAMPLE_KEY",
+    "Audit",
+    "audit",
+    "parse_redact",
+    "parse_sample",
+    "transport_refusals",
+]
 
 SAMPLE_KEY = "batchwire.audit_sample"
 REDACT_KEY = "batchwire.audit_redact"
@@ -201,3 +216,36 @@ def audit(plane: DataPlane, model: str | None) -> Stage | None:
         if REDACT_KEY in parameters:
             redact = parse_redact(parameters[REDACT_KEY])
     return Audit(log, model, sample, redact)
+
+
+def transport_refusals(
+    log: AuditLog,
+) -> Callable[[str, str, str, InferenceError], Awaitable[None] | None]:
+    """The gRPC access check's ``on_refused`` hook: one record per refused inference call
+    (rule 5 of the module docstring); returns the log's awaitable when it is full."""
+
+    def refused(
+        operation: str, model: str, request_id: str, error: InferenceError
+    ) -> Awaitable[None] | None:
+        now = _time_ns()
+        return log.submit(
+            AuditEvent(
+                received_ns=now,
+                answered_ns=now,
+                request_id=request_id,
+                model=model,
+                version="",
+                model_sha256="",
+                config_sha256="",
+                principal="",
+                code=error.code.name,
+                message=error.message,
+                inputs=_EMPTY,
+                outputs=_EMPTY,
+                batch_id=None,
+                queue_ns=0,
+                compute_ns=0,
+            )
+        )
+
+    return refused

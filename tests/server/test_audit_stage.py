@@ -8,6 +8,7 @@ back and compared with what the client sent and received.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import shutil
 from collections.abc import Iterator
@@ -95,8 +96,6 @@ def signed_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         f'[[principals]]\nname = "predictor"\ntoken_sha256 = "{sha(TOKEN)}"\n'
         'scopes = ["inference", "metadata"]\n'
         # May infer on another model only: refused by the data plane's Authorize stage.
-        # (A principal without any inference scope is refused before the data plane, by
-        # the transport's access check, and so has no audit record: docs/governance.md.)
         f'[[principals]]\nname = "operator"\ntoken_sha256 = "{sha(DENIED_TOKEN)}"\n'
         'scopes = ["inference:text", "metadata"]\n'
     )
@@ -124,10 +123,25 @@ def signed_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             "shape": lambda: infer(client, "mlp", sent[:, :63].copy(), "req-shape", TOKEN),
             "unknown": lambda: infer(client, "nope", sent, "req-unknown", TOKEN),
             "denied": lambda: infer(client, "mlp", sent, "req-denied", DENIED_TOKEN),
+            # Refused by the transport's access check, before the data plane.
+            "unauthenticated": lambda: infer(client, "mlp", sent, "req-unauth", "wrong-token"),
         }.items():
             with pytest.raises(InferenceServerException) as caught:
                 call()
             errors[name] = caught.value
+        # A stream the access check refuses: refused before its first message.
+        streamed: list[Any] = []
+        client.start_stream(
+            callback=lambda result, error: streamed.append(error),
+            headers={"authorization": "Bearer wrong-token"},
+        )
+        tensor = triton.InferInput("INPUT__0", [1, 64], "FP32")
+        tensor.set_data_from_numpy(sent)
+        # The refusal may end the stream before this message is even sent.
+        with contextlib.suppress(InferenceServerException):
+            client.async_stream_infer("mlp", [tensor], request_id="req-stream")
+        client.stop_stream()
+        errors["stream"] = streamed[0]
         client.close()
     finally:
         server.stop()
@@ -196,7 +210,15 @@ def test_refused_requests_are_recorded_with_their_status(signed_log: dict[str, A
     denied = by_id["req-denied"]
     assert (denied["code"], denied["principal"]) == ("PERMISSION_DENIED", "operator")
     assert denied["message"] == errors["denied"].message()
-    assert len(by_id) == 4  # one record per request, no more
+    unauthenticated = by_id["req-unauth"]
+    assert (unauthenticated["code"], unauthenticated["model"]) == ("UNAUTHENTICATED", "mlp")
+    assert unauthenticated["message"] == errors["unauthenticated"].message()
+    assert (unauthenticated["principal"], unauthenticated["version"]) == ("", "")
+    assert unauthenticated["inputs"] == [] and unauthenticated["batch_id"] is None
+    stream = by_id[""]  # the refused stream: no message was read, so no id and no model
+    assert (stream["code"], stream["model"]) == ("UNAUTHENTICATED", "")
+    assert stream["message"] == errors["stream"].message()
+    assert len(by_id) == 6  # one record per request, no more
 
 
 def test_the_log_verifies_against_the_signing_key(signed_log: dict[str, Any]) -> None:
