@@ -29,21 +29,22 @@ on the machine (``flock /tmp/batchwire-bench.lock``). Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
-import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from batchwire.bench.compare_builds import Build, BuildServer, Scenario, measure
+from batchwire.bench.compare_builds import Build, BuildServer, Scenario
 from batchwire.bench.compare_builds import perf_analyzer_binary as find_binary
-from batchwire.bench.rotation import plot_rotation, summarize_rotation
+from batchwire.bench.report import add_round_options, round_settings, run_facts, write_result
+from batchwire.bench.rotation import (
+    Target,
+    measure_in_rotation,
+    plot_rotation,
+    summarize_rotation,
+)
 
 __all__ = ["TARGET_RATIO", "VARIANTS", "run"]
 
@@ -130,7 +131,6 @@ def run(
         workdir = scratch / "cwd"
         workdir.mkdir()
         build = Build("checkout", "checkout (working tree)", None)
-        results: list[dict[str, Any]] = []
         with ExitStack() as stack:
             servers = {
                 name: stack.enter_context(
@@ -144,23 +144,15 @@ def run(
                 )
                 for name in names
             }
-            for name in names:
-                measure(binary, servers[name], "mlp", scenario, warmup_ms, scratch)
-            started = time.monotonic()
-            for index in range(rounds):
-                order = names[index % len(names) :] + names[: index % len(names)]
-                row: dict[str, Any] = {"order": order}
-                for name in order:
-                    row[name] = measure(
-                        binary, servers[name], "mlp", scenario, interval_ms, scratch
-                    )
-                results.append(row)
-                print(
-                    f"round {index + 1}: "
-                    + " | ".join(f"{n} {row[n]['throughput']:.0f}/s" for n in names),
-                    flush=True,
-                )
-            elapsed = time.monotonic() - started
+            results, elapsed = measure_in_rotation(
+                binary,
+                {name: Target(servers[name], "mlp") for name in names},
+                scenario,
+                rounds=rounds,
+                interval_ms=interval_ms,
+                warmup_ms=warmup_ms,
+                scratch=scratch,
+            )
         logs = {name: _log_size(scratch / f"audit-{name}") for name in names if VARIANTS[name][0]}
         result = {
             "server": {"origin": build.origin},
@@ -172,32 +164,21 @@ def run(
             "summary": summarize(results),
             "target_ratio_audit_drift": TARGET_RATIO,
             "audit_logs": logs,
-            "seconds": round(elapsed, 1),
-            "perf_analyzer": binary,
-            "command": sys.argv,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            **run_facts(elapsed, binary),
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    (out / "governance_cost.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out / "governance_cost.png")
+    write_result(result, out, "governance_cost", plot)
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("results/governance-cost"))
-    parser.add_argument("--rounds", type=int, default=None, help="default 4 (--short: 1)")
-    parser.add_argument("--interval-ms", type=int, default=None, help="default 2000 (--short: 500)")
+    add_round_options(parser, "results/governance-cost")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--perf-analyzer", default=None)
-    parser.add_argument("--short", action="store_true", help="one round of 500 ms windows")
     args = parser.parse_args(argv)
     result = run(
-        rounds=args.rounds if args.rounds is not None else (1 if args.short else 4),
-        interval_ms=args.interval_ms or (500 if args.short else 2000),
-        warmup_ms=300 if args.short else 1000,
+        **round_settings(parser, args),
         concurrency=args.concurrency,
         out=args.out,
         perf_analyzer=args.perf_analyzer,

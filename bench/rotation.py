@@ -9,13 +9,66 @@ A round is a dict: variant name -> one :func:`~batchwire.bench.compare_builds.me
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchwire.bench.compare_builds import quartiles
+from batchwire.bench.compare_builds import BuildServer, Scenario, measure, quartiles
 
-__all__ = ["plot_rotation", "summarize_rotation"]
+__all__ = ["Target", "measure_in_rotation", "plot_rotation", "summarize_rotation"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one variant is: the server and model perf_analyzer loads, and its options."""
+
+    server: BuildServer
+    model: str
+    perf_args: tuple[str, ...] = ()
+
+
+def measure_in_rotation(
+    perf_analyzer: str,
+    targets: Mapping[str, Target],
+    scenario: Scenario,
+    *,
+    rounds: int,
+    interval_ms: int,
+    warmup_ms: int,
+    scratch: Path,
+) -> tuple[list[dict[str, Any]], float]:
+    """An unrecorded warm-up of every target, then ``rounds`` rounds measuring each in an
+    order rotated by one from round to round; returns the rounds and their seconds."""
+    names = list(targets)
+
+    def one(name: str, window_ms: int) -> dict[str, float | None]:
+        target = targets[name]
+        return measure(
+            perf_analyzer, target.server, target.model, scenario, window_ms, scratch,
+            target.perf_args,
+        )  # fmt: skip
+
+    for name in names:
+        one(name, warmup_ms)
+    started = time.monotonic()
+    results: list[dict[str, Any]] = []
+    for index in range(rounds):
+        order = names[index % len(names) :] + names[: index % len(names)]
+        row: dict[str, Any] = {"order": order}
+        for name in order:
+            row[name] = one(name, interval_ms)
+        results.append(row)
+        print(
+            f"round {index + 1}: "
+            + " | ".join(
+                f"{n} {row[n]['throughput']:.0f}/s p99 {row[n]['p99_ms']:.2f} ms" for n in names
+            ),
+            flush=True,
+        )
+    return results, time.monotonic() - started
+
 
 _MARKERS = "o^sdvx*<>ph"
 

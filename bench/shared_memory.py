@@ -38,12 +38,8 @@ perf_analyzer the work of sending each tensor.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -60,6 +56,7 @@ from batchwire.bench.compare_builds import (
     perf_analyzer_binary,
     quartiles,
 )
+from batchwire.bench.report import add_round_options, round_settings, run_facts, write_result
 
 __all__ = [
     "REDUCE_MODEL",
@@ -298,40 +295,21 @@ def run(
             },
             "rounds": results,
             "summary": summarize(results, scenarios),
-            "seconds": round(elapsed, 1),
-            "perf_analyzer": binary,
-            "command": sys.argv,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            **run_facts(elapsed, binary),
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    (out / "shared_memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out / "shared_memory.png")
+    write_result(result, out, "shared_memory", plot)
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("results/shared-memory"))
-    parser.add_argument("--rounds", type=int, default=None, help="default 4 (--short: 1)")
-    parser.add_argument("--interval-ms", type=int, default=None, help="default 2000 (--short: 500)")
-    parser.add_argument("--perf-analyzer", default=None)
-    parser.add_argument(
-        "--short", action="store_true", help="one round of 500 ms windows (for the tests)"
-    )
+    add_round_options(parser, "results/shared-memory")
     args = parser.parse_args(argv)
-    rounds = args.rounds if args.rounds is not None else (1 if args.short else 4)
-    interval = args.interval_ms if args.interval_ms is not None else (500 if args.short else 2000)
-    if rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {rounds}")
-    if interval < 100:
-        parser.error(f"--interval-ms must be >= 100, got {interval}")
     try:
         result = run(
-            rounds=rounds,
-            interval_ms=interval,
-            warmup_ms=300 if args.short else 1000,
+            **round_settings(parser, args),
             out=args.out,
             perf_analyzer=args.perf_analyzer,
         )

@@ -39,19 +39,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from batchwire.bench.compare_builds import Build, BuildServer, Scenario, measure
+from batchwire.bench.compare_builds import Build, BuildServer, Scenario
 from batchwire.bench.compare_builds import perf_analyzer_binary as find_binary
-from batchwire.bench.rotation import plot_rotation, summarize_rotation
+from batchwire.bench.report import add_round_options, round_settings, run_facts, write_result
+from batchwire.bench.rotation import (
+    Target,
+    measure_in_rotation,
+    plot_rotation,
+    summarize_rotation,
+)
 
 __all__ = ["CACHED", "DISTINCT_INPUTS", "VARIANTS", "export_variants", "run"]
 
@@ -174,28 +176,16 @@ def run(
             "--cache-config",
             f"local,size={CACHE_BYTES}",
         )
-        results: list[dict[str, Any]] = []
         with server:
-            for name in names:
-                measure(binary, server, name, scenario, warmup_ms, scratch, perf_args[name])
-            started = time.monotonic()
-            for index in range(rounds):
-                order = names[index % len(names) :] + names[: index % len(names)]
-                row: dict[str, Any] = {"order": order}
-                for name in order:
-                    row[name] = measure(
-                        binary, server, name, scenario, interval_ms, scratch, perf_args[name]
-                    )
-                results.append(row)
-                print(
-                    f"round {index + 1}: "
-                    + " | ".join(
-                        f"{n} {row[n]['throughput']:.0f}/s p99 {row[n]['p99_ms']:.2f} ms"
-                        for n in names
-                    ),
-                    flush=True,
-                )
-            elapsed = time.monotonic() - started
+            results, elapsed = measure_in_rotation(
+                binary,
+                {name: Target(server, name, perf_args[name]) for name in names},
+                scenario,
+                rounds=rounds,
+                interval_ms=interval_ms,
+                warmup_ms=warmup_ms,
+                scratch=scratch,
+            )
         result = {
             "server": {"origin": build.origin, "server_file": server.server_file},
             "variants": VARIANTS,
@@ -204,32 +194,21 @@ def run(
             "windows_per_measurement": 3,
             "rounds": results,
             "summary": summarize(results),
-            "seconds": round(elapsed, 1),
-            "perf_analyzer": binary,
-            "command": sys.argv,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            **run_facts(elapsed, binary),
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    (out / "versions_cost.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out / "versions_cost.png")
+    write_result(result, out, "versions_cost", plot)
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("results/versions-cost"))
-    parser.add_argument("--rounds", type=int, default=None, help="default 4 (--short: 1)")
-    parser.add_argument("--interval-ms", type=int, default=None, help="default 2000 (--short: 500)")
+    add_round_options(parser, "results/versions-cost")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--perf-analyzer", default=None)
-    parser.add_argument("--short", action="store_true", help="one round of 500 ms windows")
     args = parser.parse_args(argv)
     result = run(
-        rounds=args.rounds if args.rounds is not None else (1 if args.short else 4),
-        interval_ms=args.interval_ms or (500 if args.short else 2000),
-        warmup_ms=300 if args.short else 1000,
+        **round_settings(parser, args),
         concurrency=args.concurrency,
         out=args.out,
         perf_analyzer=args.perf_analyzer,

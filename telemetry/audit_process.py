@@ -73,6 +73,7 @@ from batchwire.telemetry.audit_log import RETRY_SECONDS, AuditLog, AuditLogError
 from batchwire.telemetry.audit_records import (
     AuditEvent,
     array_json,
+    event_strings,
     request_text,
     tensor_bytes,
     tensor_json,
@@ -109,16 +110,7 @@ def pack_event(event: AuditEvent) -> tuple[Any, ...]:
     return (
         event.received_ns,
         event.answered_ns,
-        (
-            event.request_id,
-            event.model,
-            event.version,
-            event.model_sha256,
-            event.config_sha256,
-            event.principal,
-            event.code,
-            event.message,
-        ),
+        event_strings(event),
         _pack_tensors(event.inputs),
         _pack_tensors(event.outputs),
         event.batch_id,

@@ -359,16 +359,7 @@ def request_body(event: AuditEvent, payloads: bool) -> str:
     return request_text(
         event.received_ns,
         event.answered_ns,
-        (
-            event.request_id,
-            event.model,
-            event.version,
-            event.model_sha256,
-            event.config_sha256,
-            event.principal,
-            event.code,
-            event.message,
-        ),
+        event_strings(event),
         ",".join(
             array_json(name, dt, array, payloads, name in redact)
             for name, dt, array in event.inputs
@@ -381,6 +372,21 @@ def request_body(event: AuditEvent, payloads: bool) -> str:
         event.queue_ns,
         event.compute_ns,
         event.cached,
+    )
+
+
+def event_strings(event: AuditEvent) -> tuple[str, str, str, str, str, str, str, str]:
+    """The string fields of ``event`` in :func:`request_text`'s order: request_id, model,
+    version, model_sha256, config_sha256, principal, code, message."""
+    return (
+        event.request_id,
+        event.model,
+        event.version,
+        event.model_sha256,
+        event.config_sha256,
+        event.principal,
+        event.code,
+        event.message,
     )
 
 
