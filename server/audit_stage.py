@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from batchwire.core.datatypes import serialize_bytes
 from batchwire.core.errors import InferenceError
 from batchwire.server.pipeline import Stage
 from batchwire.telemetry.audit_records import AuditEvent
@@ -139,8 +140,7 @@ class Audit(Stage):
             digest.update(request.id.encode())
             for array in request.inputs.values():
                 if array.dtype.hasobject:
-                    for item in array.reshape(-1):
-                        digest.update(item if isinstance(item, bytes) else str(item).encode())
+                    digest.update(serialize_bytes(array))
                 else:
                     digest.update(np.ascontiguousarray(array).data)
         assert self._threshold is not None
